@@ -1,0 +1,59 @@
+"""Recipe section ``[pipeline]``: workers, staleness, batching, placement."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+
+class Placement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Ray resources of one stage's workers (fractions share a GPU)."""
+
+    num_cpus: Annotated[float, Meta(ge=0)] = 0.0
+    num_gpus: Annotated[float, Meta(ge=0)] = 0.0
+    resources: dict[str, float] = {}
+    """Custom Ray resources, e.g. ``{"rollout_node" = 1}`` to pin to labelled nodes."""
+    gpu_ids: list[int] = []
+    """Single-host shortcut: CUDA devices for this stage's workers (round-robin)."""
+
+
+class StageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """An extra stage from a plugin, e.g. a filter between reward and trainer."""
+
+    name: str
+    """Stage plugin (entry point group ``unirl_stream.stages``)."""
+    workers: Annotated[int, Meta(ge=1)] = 1
+    placement: Placement = msgspec.field(default_factory=Placement)
+    options: dict[str, Any] = {}
+
+
+class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    mode: Literal["async", "sync"] = "async"
+    """``sync`` puts a barrier between rounds (the baseline); ``async`` has none."""
+    max_staleness: Annotated[int, Meta(ge=0)] = 1
+    """eta: a sample from policy version u is trained at version v only if v - u <= eta."""
+    rollout_workers: Annotated[int, Meta(ge=1)] = 1
+    reward_workers: Annotated[int, Meta(ge=1)] = 1
+    trainer_workers: Annotated[int, Meta(ge=1, le=1)] = 1
+    """One trainer (data-parallel trainers are future work)."""
+    groups_per_step: Annotated[int, Meta(ge=1)] = 2
+    """Prompt groups per optimizer batch (batch = groups_per_step * samples_per_prompt)."""
+    rollout_batch: Annotated[int, Meta(ge=1)] = 4
+    """Trajectories a producer samples in one forward batch."""
+    reward_batch: Annotated[int, Meta(ge=1)] = 8
+    """Samples a reward worker scores in one call (across prompt groups)."""
+    publish_every: Annotated[int, Meta(ge=1)] = 1
+    """Optimizer steps between weight publications (each bumps the policy version)."""
+    train_requires: list[str] = msgspec.field(default_factory=lambda: ["advantage"])
+    """Fields a sample needs before the trainer may claim it; a plugin stage that writes
+    a field (e.g. a filter's ``keep``) joins the chain by adding it here."""
+    stages: list[StageSpec] = []
+    rollout: Placement = msgspec.field(default_factory=Placement)
+    reward: Placement = msgspec.field(default_factory=Placement)
+    trainer: Placement = msgspec.field(default_factory=Placement)
+    tick_s: Annotated[float, Meta(gt=0)] = 1.0
+    """How often workers report metrics."""
+    max_restarts: Annotated[int, Meta(ge=0)] = 3
+    """Ray restarts of a crashed rollout/reward actor."""
