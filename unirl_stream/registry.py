@@ -11,6 +11,7 @@ functions, or at module level only if the plugin is useless without them; ``Conf
 
 from __future__ import annotations
 
+import difflib
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -78,8 +79,10 @@ def entry(group: str, name: str, where: str = "") -> EntryPoint:
     prefix = f"{where}: " if where else ""
     if not eps:
         known = ", ".join(names(group)) or "none"
+        close = difflib.get_close_matches(name, names(group), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserInputError(
-            f"{prefix}unknown {group[:-1]} plugin {name!r}; registered: {known} "
+            f"{prefix}unknown {group[:-1]} plugin {name!r}; {hint}registered: {known} "
             f"(see `unirl-stream plugins`)"
         )
     if len(eps) > 1:
@@ -106,11 +109,13 @@ def decode_options(plugin: Any, options: dict[str, Any], where: str) -> Any:
     config_type = getattr(plugin, "Config", None)
     if config_type is None:
         if options:
-            raise UserInputError(f"{where}: this plugin takes no options, got {sorted(options)}")
+            raise UserInputError(
+                f"{where}.{sorted(options)[0]}: unknown key (this plugin takes no options)"
+            )
         return None
     try:
         return msgspec.convert(options, config_type)
     except msgspec.ValidationError as e:
         from unirl_stream.recipe import explain
 
-        raise UserInputError(f"{where}.{explain(e, options)}") from None
+        raise UserInputError(f"{where}.{explain(e, options, config_type)}") from None

@@ -1,35 +1,78 @@
 """Checks that need more than types: plugins exist, options decode, files and weights exist.
 
 Runs in the driver before any actor starts; everything here is cheap (no model loading).
+Every error is ``<file>: <dotted.path>: <reason>`` (UserInputError, CLI exit code 2).
 """
 
 from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import msgspec
 
 from unirl_stream import registry
 from unirl_stream.api import UserInputError
 from unirl_stream.data import load_prompts
 from unirl_stream.recipe import Recipe
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu)(:\d+)?)$")
 
-def check_recipe(recipe: Recipe, where: str) -> None:
+
+def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> list[str]:
+    """Raise UserInputError on the first problem; return warnings.
+
+    With ``check_weights=False`` a failing model weights check (the model plugin's
+    ``check(recipe)`` classmethod) becomes a warning instead of an error: ``validate`` must
+    pass on a machine without the checkpoint, ``run`` must not.
+    """
+    _check_finite(msgspec.to_builtins(recipe), where, "")
     _check_plugins(recipe, where)
-    _check_geometry(recipe, where)
+    _check_model(recipe, where)
+    _check_sampling(recipe, where)
+    _check_pipeline(recipe, where)
     try:
         load_prompts(recipe.resolve(recipe.data.prompts))
     except UserInputError as e:
         raise UserInputError(f"{where}: data.prompts: {e}") from None
+    return _check_weights(recipe, where, strict=check_weights)
+
+
+def _check_weights(recipe: Recipe, where: str, strict: bool) -> list[str]:
     model = registry.load("models", recipe.model.name)
     check = getattr(model, "check", None)
-    if check is not None:
-        try:
-            check(recipe)
-        except UserInputError as e:
-            raise UserInputError(f"{where}: model.path: {e}") from None
+    if check is None:
+        return []
+    try:
+        check(recipe)
+    except UserInputError as e:
+        text = str(e)
+        # Plugins may name the key themselves ("model.path: ..."); otherwise it is the path.
+        if not re.match(r"^model(\.[A-Za-z0-9_\[\]]+)*: ", text):
+            text = f"model.path: {text}"
+        if strict:
+            raise UserInputError(f"{where}: {text}") from None
+        return [f"{where}: {text} (`validate` passes; `run` will fail until this is fixed)"]
+    return []
+
+
+def _check_finite(value: Any, where: str, path: str) -> None:
+    # TOML allows inf and nan; no recipe number means either, and a NaN learning rate or
+    # reward weight would only surface as a NaN loss hours into a run.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserInputError(f"{where}: {path}: expected a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, where, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, where, f"{path}[{i}]")
 
 
 def _check_plugins(recipe: Recipe, where: str) -> None:
     model = registry.load("models", _named(recipe.model.name, "models", where, "model.name"))
-    registry.decode_options(model, recipe.model.options, f"{where}: model.options")
+    registry.decode_options(model, dict(recipe.model.options), f"{where}: model.options")
     _named(recipe.algorithm.name, "algorithms", where, "algorithm.name")
     store = registry.load("stores", _named(recipe.store.backend, "stores", where, "store.backend"))
     registry.decode_options(store, recipe.store.options, f"{where}: store.options")
@@ -39,7 +82,8 @@ def _check_plugins(recipe: Recipe, where: str) -> None:
         scorer = registry.load("rewards", _named(spec.name, "rewards", where, f"reward[{i}].name"))
         registry.decode_options(scorer, spec.options, f"{where}: reward[{i}].options")
     for i, stage in enumerate(recipe.pipeline.stages):
-        cls = registry.load("stages", _named(stage.name, "stages", where, f"pipeline.stages[{i}].name"))
+        field = f"pipeline.stages[{i}].name"
+        cls = registry.load("stages", _named(stage.name, "stages", where, field))
         registry.decode_options(cls, stage.options, f"{where}: pipeline.stages[{i}].options")
 
 
@@ -48,22 +92,75 @@ def _named(name: str, group: str, where: str, field: str) -> str:
     return name
 
 
-def _check_geometry(recipe: Recipe, where: str) -> None:
+def _check_model(recipe: Recipe, where: str) -> None:
+    m = recipe.model
+    if not m.path.strip():
+        raise UserInputError(f"{where}: model.path: expected a folder, hub id or tiny:<layout>, got ''")
+    if not _DEVICE.match(m.device):
+        raise UserInputError(
+            f"{where}: model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}"
+        )
+    lora = m.lora
+    if lora.enabled and not lora.target_modules:
+        raise UserInputError(f"{where}: model.lora.target_modules: empty list with LoRA enabled")
+    if lora.enabled and not lora.experts:
+        raise UserInputError(f"{where}: model.lora.experts: empty list with LoRA enabled")
+    if len(set(lora.experts)) != len(lora.experts):
+        raise UserInputError(f"{where}: model.lora.experts: duplicate entries in {lora.experts}")
+
+
+def _check_sampling(recipe: Recipe, where: str) -> None:
     s = recipe.sampling
     if (s.num_frames - 1) % 4:
         raise UserInputError(
             f"{where}: sampling.num_frames: expected 4k+1 (Wan's VAE compresses time by 4), "
             f"got {s.num_frames}; try {((s.num_frames - 1) // 4) * 4 + 1}"
         )
-    lo, hi = s.sde.fraction
+    sde = s.sde
+    lo, hi = sde.fraction
     if lo >= hi:
         raise UserInputError(f"{where}: sampling.sde.fraction: expected lo < hi, got [{lo}, {hi}]")
+    n = s.num_inference_steps
+    # Step i is stochastic when lo <= i / n < hi; none would mean nothing to train.
+    in_window = sum(1 for i in range(n) if lo <= i / n < hi)
+    if in_window == 0:
+        raise UserInputError(
+            f"{where}: sampling.sde.fraction: [{lo}, {hi}) selects none of the "
+            f"{n} steps (step i is selected when lo <= i/{n} < hi)"
+        )
+    if sde.selection == "random_k" and sde.k > in_window:
+        raise UserInputError(
+            f"{where}: sampling.sde.k: expected <= {in_window} (steps inside fraction), got {sde.k}"
+        )
+    if sde.selection == "mixgrpo_window" and sde.window_size > n:
+        raise UserInputError(
+            f"{where}: sampling.sde.window_size: expected <= num_inference_steps ({n}), "
+            f"got {sde.window_size}"
+        )
+
+
+def _check_pipeline(recipe: Recipe, where: str) -> None:
     p = recipe.pipeline
-    if p.groups_per_step * s.samples_per_prompt < 1:
-        raise UserInputError(f"{where}: pipeline.groups_per_step: batch would be empty")
     if p.mode == "sync" and p.max_staleness != 0:
         # sync mode trains each round on the weights that sampled it: staleness is 0 by
         # construction; a nonzero bound there is almost certainly a copy-paste slip.
         raise UserInputError(
             f"{where}: pipeline.max_staleness: sync mode is on-policy, expected 0, got {p.max_staleness}"
         )
+    if not p.train_requires:
+        raise UserInputError(
+            f"{where}: pipeline.train_requires: empty; the trainer needs at least 'advantage'"
+        )
+    placements = {"rollout": p.rollout, "reward": p.reward, "trainer": p.trainer}
+    placements |= {f"stages[{i}].placement": s.placement for i, s in enumerate(p.stages)}
+    for name, placement in placements.items():
+        if any(g < 0 for g in placement.gpu_ids):
+            raise UserInputError(
+                f"{where}: pipeline.{name}.gpu_ids: expected device indices >= 0, "
+                f"got {placement.gpu_ids}"
+            )
+        if bad := [k for k, v in placement.resources.items() if v < 0]:
+            raise UserInputError(
+                f"{where}: pipeline.{name}.resources.{bad[0]}: expected >= 0, "
+                f"got {placement.resources[bad[0]]}"
+            )

@@ -1,0 +1,260 @@
+"""The ``unirl-stream`` command: run, validate, plugins, monitor, reward-serve.
+
+Exit codes: 0 ok; 2 bad input (recipe, arguments, missing weights: UserInputError and
+usage errors); 1 runtime failure. Errors print one ``error: ...`` line on stderr; Python
+tracebacks only with ``--debug`` (or ``UNIRL_STREAM_DEBUG=1``).
+
+Heavy components (the pipeline driver, the monitor, reward servers) are imported inside
+their commands, so ``validate`` and ``plugins`` start in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import msgspec
+import typer
+
+from unirl_stream.api import UnirlError, UserInputError
+
+app = typer.Typer(
+    name="unirl-stream",
+    help="Asynchronous streaming RL for diffusion video models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a recipe value, typed like the file (repeatable): "
+        "--set pipeline.max_staleness=2",
+    ),
+]
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file.", show_default=False)]
+
+
+class _Unavailable(Exception):
+    """A component module of this package is not part of this build (yet)."""
+
+
+def _component(module: str) -> ModuleType:
+    """Import one of our own modules, telling 'not there' apart from 'broken'."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        # Only the module itself (or its package) missing means "not available"; a missing
+        # dependency inside it is a real failure and propagates.
+        if e.name is not None and module.startswith(e.name):
+            raise _Unavailable(module) from e
+        raise
+
+
+def _err(text: str) -> None:
+    # Plain writes, not rich: recipe errors contain [brackets] that rich would eat.
+    sys.stderr.write(f"{text}\n")
+    sys.stderr.flush()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version as dist_version
+
+        typer.echo(dist_version("unirl-stream"))
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+def _load_checked(recipe: Path, overrides: list[str] | None, weights: bool) -> tuple[Any, list[str]]:
+    from unirl_stream.recipe import load
+    from unirl_stream.validate import check_recipe
+
+    loaded = load(recipe, overrides or [], check=False)
+    warnings = check_recipe(loaded, str(recipe), check_weights=weights)
+    return loaded, warnings
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
+    """Check a recipe (types, ranges, plugins, files) and print it resolved, as TOML.
+
+    Missing model weights are a warning here (so a recipe can be checked on a machine
+    without the checkpoint); `run` fails on them.
+    """
+    from unirl_stream.recipe import to_toml
+
+    loaded, warnings = _load_checked(recipe, set_, weights=False)
+    for w in warnings:
+        _err(f"warning: {w}")
+    sys.stdout.write(to_toml(loaded))
+    sys.stdout.flush()
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOption = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run directory (default: output_dir/name-time).")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", metavar="RUN_DIR", help="Resume from a run directory's checkpoint."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster: 'auto' or HOST:PORT (default: start a local one)."),
+    ] = None,
+    no_live: Annotated[bool, typer.Option("--no-live", help="No live panel; plain log lines.")] = False,
+) -> None:
+    """Validate RECIPE (weights included), then train."""
+    if address is not None and not _valid_address(address):
+        raise UserInputError(f"--address: expected 'auto' or HOST:PORT, got {address!r}")
+    if resume is not None and not resume.is_dir():
+        raise UserInputError(f"--resume: run directory not found: {resume}")
+    loaded, _ = _load_checked(recipe, set_, weights=True)
+    try:
+        driver = _component("unirl_stream.pipeline.driver")
+    except _Unavailable:
+        raise UserInputError(
+            f"{recipe}: the recipe is valid, but the pipeline is not available yet in this "
+            "build (unirl_stream.pipeline.driver is missing); nothing was trained"
+        ) from None
+    live = loaded.logging.live and not no_live
+    driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live)
+
+
+def _valid_address(address: str) -> bool:
+    if address == "auto":
+        return True
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List registered plugins per group, with the distribution that provides each."""
+    from unirl_stream import registry
+
+    rows = [p for group in registry.GROUPS for p in registry.info(group)]
+    counts: dict[tuple[str, str], int] = {}
+    for p in rows:
+        counts[(p.group, p.name)] = counts.get((p.group, p.name), 0) + 1
+    if as_json:
+        out = [msgspec.structs.asdict(p) | {"conflict": counts[(p.group, p.name)] > 1} for p in rows]
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for group in registry.GROUPS:
+        table = Table(title=f"{group}  (entry point group unirl_stream.{group})", title_justify="left")
+        for col in ("name", "distribution", "target", "status"):
+            table.add_column(col, overflow="fold")
+        for p in (p for p in rows if p.group == group):
+            dup = counts[(p.group, p.name)] > 1
+            status = "[red]conflict: name registered twice[/]" if dup else "ok"
+            table.add_row(p.name, p.distribution, p.target, status)
+        console.print(table)
+
+
+@app.command()
+def monitor(
+    run_dir: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="A run directory.")
+    ],
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Snapshot as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="PNG", help="Write a plot.")] = None,
+) -> None:
+    """Show a run's progress (live, or once) from its run directory."""
+    from rich.console import Console
+
+    console = Console()
+    try:
+        mod = _component("unirl_stream.monitor.cli")
+    except _Unavailable:
+        console.print(f"{run_dir}: nothing to show: the monitor is not available yet in this build")
+        return
+    code = mod.monitor_command(run_dir, once, as_json, plot, console)
+    raise typer.Exit(int(code))
+
+
+@app.command("reward-serve")
+def reward_serve(
+    reward: Annotated[str, typer.Option("--reward", help="Reward plugin name.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one).")] = 0,
+    set_: SetOption = None,
+) -> None:
+    """Serve one reward model over the network for `remote` rewards of other runs."""
+    from unirl_stream import registry
+    from unirl_stream.recipe import apply_overrides
+
+    options: dict[str, Any] = {}
+    apply_overrides(options, set_ or [])
+    plugin = registry.load("rewards", registry.entry("rewards", reward, where="--reward").name)
+    registry.decode_options(plugin, options, "--set")  # bad options: exit 2 before serving
+    try:
+        server = _component("unirl_stream.rewards.server")
+    except _Unavailable:
+        raise UserInputError(
+            "reward-serve: the reward server is not available yet in this build"
+        ) from None
+    server.serve(reward, options, host, port)
+
+
+def _debug_default() -> bool:
+    return os.environ.get("UNIRL_STREAM_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point; always ends in SystemExit with the exit code."""
+    _state["debug"] = _debug_default()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="unirl-stream", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as e:  # the one place errors become exit codes
+        if _state["debug"]:
+            traceback.print_exc()
+        text = re.sub(r"\s+\Z", "", str(e)) or type(e).__name__
+        if not isinstance(e, UserInputError):
+            text = f"{type(e).__name__}: {text}" if type(e).__module__ == "builtins" else text
+        _err(f"error: {text}")
+        if not _state["debug"] and not isinstance(e, UserInputError):
+            _err("(run with --debug for the traceback)")
+        sys.exit(e.exit_code if isinstance(e, UnirlError) else 1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
