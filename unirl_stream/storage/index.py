@@ -1,0 +1,512 @@
+"""The metadata index every store backend shares (pure Python, thread-safe).
+
+It knows, per sample: its SampleMeta, which fields it has (FieldInfo + an opaque payload
+location that only the backend's payload plane understands), and per consumer task whether
+the sample is ready, leased or consumed. Payload bytes never pass through it.
+
+Complexity is the point: each task keeps a ready queue (an OrderedDict, O(1) push/pop/remove)
+that writes, releases and deletes update, so ``claim(n)`` touches O(n) entries whatever the
+store holds; ``stats()`` reads counters. Leases sit in a heap of deadlines checked lazily
+(on claim/ack/release/stats), so an expired claim's samples return to the front of the queue
+without any timer thread.
+
+Writes are two-phase so a backend can move payloads between the phases:
+``reserve`` validates the whole batch and takes budget (blocking up to a timeout while the
+budget is full), the backend writes payloads, then ``commit`` makes the fields visible (or
+``abort`` gives the budget back). A failed reserve changes nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from unirl_stream.api import (
+    Claim,
+    FieldSpec,
+    SampleMeta,
+    StoreError,
+    StoreFullError,
+    StoreStats,
+    TaskStats,
+    split_sample_id,
+)
+from unirl_stream.storage.codec import FieldInfo, describe_ids, dtype_name
+from unirl_stream.storage.index_checks import check_batch, norm_spec
+
+
+@dataclass(slots=True)
+class _Field:
+    info: FieldInfo
+    loc: Any
+
+
+@dataclass(slots=True)
+class _Sample:
+    meta: SampleMeta
+    order: int  # k of "<group>::sample:<k>" (members of a group claim are ordered by it)
+    fields: dict[str, _Field] = field(default_factory=dict)
+    nbytes: int = 0
+    leased: dict[str, str] = field(default_factory=dict)  # task -> claim id
+    done: set[str] = field(default_factory=set)  # tasks that acked it
+
+
+@dataclass(slots=True)
+class _Task:
+    requires: frozenset[str]
+    by_group: bool
+    ready: OrderedDict[str, None] = field(default_factory=OrderedDict)  # sample or group ids
+    members: dict[str, dict[str, None]] = field(default_factory=dict)  # group -> eligible ids
+    ready_samples: int = 0  # by_group: samples in ready groups
+    leased: int = 0
+    consumed: int = 0
+
+
+@dataclass(slots=True)
+class _Lease:
+    task: str
+    ids: dict[str, None]  # still leased (not acked, released, deleted)
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Reservation:
+    ids: tuple[str, ...]
+    infos: dict[str, FieldInfo]
+    metas: list[SampleMeta | None]
+    nbytes: int
+    expires: float  # time.monotonic(); a writer that died never commits
+
+
+class SampleIndex:
+    """Metadata, readiness, leases and byte budget of one store."""
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        lease_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+        reservation_ttl_s: float = 3600.0,
+    ) -> None:
+        self.budget = int(budget_bytes)
+        self.lease_s = float(lease_s)
+        self._clock = clock  # lease deadlines (Claim.deadline is time.time() seconds)
+        self._res_ttl = reservation_ttl_s
+        self._cond = threading.Condition(threading.Lock())
+        self._uid = uuid.uuid4().hex[:8]
+        self._seq = itertools.count(1)
+        self._specs: dict[str, FieldSpec] = {}
+        self._samples: dict[str, _Sample] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._leases: dict[str, _Lease] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._pending: dict[int, _Reservation] = {}
+        self._pending_fields: dict[str, Counter[str]] = {}
+        self._field_counts: Counter[str] = Counter()
+        self._used = 0
+        self._reserved = 0
+        self._put_total = 0
+        self._get_total = 0
+        self._deleted = 0
+
+    # ------------------------------------------------------------------ schema
+    def declare(self, specs: Sequence[FieldSpec]) -> None:
+        with self._cond:
+            for spec in specs:
+                spec = norm_spec(spec)
+                old = self._specs.get(spec.name)
+                if old is not None and old != spec:
+                    raise StoreError(
+                        f"field {spec.name!r} is already declared as {old}; cannot redeclare "
+                        f"it as {spec}"
+                    )
+                self._specs[spec.name] = spec
+
+    def register_task(self, task: str, requires: Sequence[str], by_group: bool = False) -> None:
+        req = frozenset(requires)
+        with self._cond:
+            old = self._tasks.get(task)
+            if old is not None:
+                if old.requires != req or old.by_group != by_group:
+                    raise StoreError(
+                        f"task {task!r} is already registered with requires="
+                        f"{sorted(old.requires)}, by_group={old.by_group}"
+                    )
+                return
+            t = self._tasks[task] = _Task(req, by_group)
+            for sid, s in self._samples.items():  # once per task, not per claim
+                self._enter(sid, s, task, t)
+
+    # ------------------------------------------------------------------ writes
+    def reserve(
+        self,
+        ids: Sequence[str],
+        infos: Mapping[str, FieldInfo],
+        metas: Sequence[SampleMeta] | None,
+        timeout: float,
+    ) -> int:
+        """Validate a write and take its bytes from the budget; returns a token for commit."""
+        ids = tuple(ids)
+        infos = dict(infos)
+        metas_l: list[SampleMeta | None] = list(metas) if metas is not None else [None] * len(ids)
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while True:
+                self._expire_reservations()
+                check_batch(self._specs, self._samples, self._pending_fields, ids, infos, metas_l)
+                per_sample = sum(i.nbytes for i in infos.values())
+                need = per_sample * len(ids)
+                self._check_fits(ids, per_sample, need)
+                net = need - self._overwritten_bytes(ids, infos)
+                if self._used + self._reserved + net <= self.budget or net <= 0:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreFullError(
+                        f"put of {describe_ids(ids)} ({need} bytes) waited "
+                        f"{timeout:.1f}s for budget: {self._used} of {self.budget} bytes used, "
+                        f"{self._reserved} reserved; consumers must ack+delete samples, or "
+                        f"raise [store] budget_mb"
+                    )
+                self._cond.wait(left)
+            token = next(self._seq)
+            self._pending[token] = _Reservation(
+                ids, infos, metas_l, need, time.monotonic() + self._res_ttl
+            )
+            self._reserved += need
+            for sid in ids:
+                self._pending_fields.setdefault(sid, Counter()).update(infos.keys())
+            return token
+
+    def _check_fits(self, ids: tuple[str, ...], per_sample: int, need: int) -> None:
+        if per_sample > self.budget:
+            raise StoreError(
+                f"sample {ids[0]!r} needs {per_sample} bytes, more than the store's whole "
+                f"budget of {self.budget} bytes; raise [store] budget_mb"
+            )
+        if need > self.budget:
+            raise StoreError(
+                f"put of {describe_ids(ids)} needs {need} bytes, more than "
+                f"the store's whole budget of {self.budget} bytes; write smaller batches"
+            )
+
+    def _overwritten_bytes(self, ids: Sequence[str], infos: Mapping[str, FieldInfo]) -> int:
+        old = 0
+        for sid in ids:
+            s = self._samples.get(sid)
+            if s is not None:
+                old += sum(s.fields[f].info.nbytes for f in infos if f in s.fields)
+        return old
+
+    def _unpend(self, token: int) -> _Reservation | None:
+        res = self._pending.pop(token, None)
+        if res is None:
+            return None
+        self._reserved -= res.nbytes
+        for sid in res.ids:
+            c = self._pending_fields[sid]
+            c.subtract(res.infos.keys())
+            if not +c:
+                del self._pending_fields[sid]
+        self._cond.notify_all()
+        return res
+
+    def _expire_reservations(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, r in self._pending.items() if r.expires <= now]:
+            self._unpend(token)
+
+    def abort(self, token: int) -> None:
+        with self._cond:
+            self._unpend(token)
+
+    def commit(self, token: int, locs: Sequence[Mapping[str, Any]] | None) -> list[Any]:
+        """Make a reserved write visible; returns payload locations it replaced (to free)."""
+        with self._cond:
+            res = self._unpend(token)
+            if res is None:
+                raise StoreError(
+                    f"write reservation {token} expired or was aborted before commit; "
+                    f"nothing of its batch was written"
+                )
+            gone = [sid for sid, m in zip(res.ids, res.metas, strict=True)
+                    if m is None and sid not in self._samples]
+            if gone:
+                raise StoreError(f"sample {gone[0]!r} was deleted while being written; not written")
+            replaced: list[Any] = []
+            for i, sid in enumerate(res.ids):
+                sample_locs = locs[i] if locs is not None else {}
+                self._commit_one(sid, res, i, sample_locs, replaced)
+            self._put_total += res.nbytes
+            return replaced
+
+    def _commit_one(
+        self, sid: str, res: _Reservation, i: int, locs: Mapping[str, Any], replaced: list[Any]
+    ) -> None:
+        s = self._samples.get(sid)
+        if s is None:
+            meta = res.metas[i]
+            assert meta is not None  # check_batch demands meta on a first write
+            s = self._samples[sid] = _Sample(meta, _order(sid))
+        new = False
+        for name, info in res.infos.items():
+            old = s.fields.get(name)
+            if old is not None:
+                replaced.append(old.loc)
+                s.nbytes -= old.info.nbytes
+                self._used -= old.info.nbytes
+            else:
+                self._field_counts[name] += 1
+                new = True
+            s.fields[name] = _Field(info, locs.get(name))
+            s.nbytes += info.nbytes
+            self._used += info.nbytes
+        if new or not res.infos:
+            for task, t in self._tasks.items():
+                self._enter(sid, s, task, t)
+
+    # ------------------------------------------------------------------ readiness
+    def _enter(self, sid: str, s: _Sample, task: str, t: _Task, front: bool = False) -> None:
+        """Put ``sid`` in ``task``'s ready structures if it is eligible and not there yet."""
+        if task in s.done or task in s.leased or not t.requires <= s.fields.keys():
+            return
+        if not t.by_group:
+            if sid not in t.ready:
+                t.ready[sid] = None
+                if front:
+                    t.ready.move_to_end(sid, last=False)
+            return
+        g = s.meta.group
+        mem = t.members.setdefault(g, {})
+        if sid in mem:
+            return
+        mem[sid] = None
+        if g in t.ready:
+            t.ready_samples += 1
+        elif len(mem) >= s.meta.group_size:
+            t.ready[g] = None
+            t.ready_samples += len(mem)
+            if front:
+                t.ready.move_to_end(g, last=False)
+
+    def _leave(self, sid: str, s: _Sample, t: _Task) -> None:
+        if not t.by_group:
+            t.ready.pop(sid, None)
+            return
+        g = s.meta.group
+        mem = t.members.get(g)
+        if mem is None or sid not in mem:
+            return
+        del mem[sid]
+        if g in t.ready:
+            t.ready_samples -= 1
+            if len(mem) < s.meta.group_size:
+                del t.ready[g]
+                t.ready_samples -= len(mem)
+        if not mem:
+            del t.members[g]
+
+    # ------------------------------------------------------------------ claims
+    def _task(self, task: str) -> _Task:
+        t = self._tasks.get(task)
+        if t is None:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise StoreError(f"unknown task {task!r} (registered: {known}); call register_task")
+        return t
+
+    def claim(self, task: str, n: int, lease_s: float | None = None) -> Claim | None:
+        with self._cond:
+            t = self._task(task)
+            now = self._clock()
+            self._expire(now)
+            if n <= 0 or not t.ready:
+                return None
+            ids: list[str] = []
+            if t.by_group:
+                for _ in range(min(n, len(t.ready))):
+                    g, _ = t.ready.popitem(last=False)
+                    mem = t.members.pop(g)
+                    t.ready_samples -= len(mem)
+                    ids.extend(sorted(mem, key=lambda x: self._samples[x].order))
+            else:
+                for _ in range(min(n, len(t.ready))):
+                    ids.append(t.ready.popitem(last=False)[0])
+            cid = f"{self._uid}:{next(self._seq)}"
+            deadline = now + (self.lease_s if lease_s is None else lease_s)
+            for sid in ids:
+                self._samples[sid].leased[task] = cid
+            t.leased += len(ids)
+            self._leases[cid] = _Lease(task, dict.fromkeys(ids), deadline)
+            heapq.heappush(self._heap, (deadline, cid))
+            return Claim(task=task, claim_id=cid, ids=tuple(ids), deadline=deadline)
+
+    def _expire(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            _, cid = heapq.heappop(self._heap)
+            lease = self._leases.pop(cid, None)
+            if lease is not None:
+                self._give_back(lease, list(lease.ids))
+
+    def _give_back(self, lease: _Lease, ids: Sequence[str]) -> None:
+        t = self._tasks[lease.task]
+        for sid in ids:
+            del lease.ids[sid]
+            s = self._samples[sid]
+            del s.leased[lease.task]
+            t.leased -= 1
+            # Released samples are the oldest: front of the queue keeps staleness low.
+            self._enter(sid, s, lease.task, t, front=True)
+
+    def _claim_ids(self, claim: Claim, ids: Sequence[str] | None) -> list[str]:
+        if ids is None:
+            return list(claim.ids)
+        mine = set(claim.ids)
+        bad = [sid for sid in ids if sid not in mine]
+        if bad:
+            raise StoreError(f"sample {bad[0]!r} is not part of claim {claim.claim_id}")
+        return list(ids)
+
+    def ack(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
+        with self._cond:
+            t = self._task(claim.task)
+            self._expire(self._clock())
+            todo = self._claim_ids(claim, ids)
+            lease = self._leases.get(claim.claim_id)
+            stolen: list[str] = []
+            for sid in todo:
+                s = self._samples.get(sid)
+                if s is None or claim.task in s.done:
+                    continue  # deleted, or acked already: acks are idempotent
+                if lease is not None and sid in lease.ids:
+                    del lease.ids[sid]
+                    del s.leased[claim.task]
+                    t.leased -= 1
+                elif claim.task in s.leased:
+                    stolen.append(sid)
+                    continue
+                else:  # lease expired or released, and nobody re-claimed it: a late ack
+                    self._leave(sid, s, t)
+                s.done.add(claim.task)
+                t.consumed += 1
+            if lease is not None and not lease.ids:
+                del self._leases[claim.claim_id]
+            if stolen:
+                raise StoreError(
+                    f"claim {claim.claim_id} of task {claim.task!r} expired before this ack; "
+                    f"{describe_ids(stolen)} was claimed again and will "
+                    f"be consumed by that claim; raise lease_s (the other samples were acked)"
+                )
+
+    def release(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
+        with self._cond:
+            self._task(claim.task)
+            self._expire(self._clock())
+            todo = self._claim_ids(claim, ids)
+            lease = self._leases.get(claim.claim_id)
+            if lease is None:
+                return  # expired: already released
+            self._give_back(lease, [sid for sid in todo if sid in lease.ids])
+            if not lease.ids:
+                del self._leases[claim.claim_id]
+
+    # ------------------------------------------------------------------ reads, deletes
+    def locate(
+        self, ids: Sequence[str], fields: Sequence[str]
+    ) -> list[list[tuple[FieldInfo, Any]]]:
+        """(FieldInfo, payload location) per sample per field; StoreError names what's missing."""
+        out: list[list[tuple[FieldInfo, Any]]] = []
+        with self._cond:
+            total = 0
+            for sid in ids:
+                s = self._sample(sid)
+                row = []
+                for name in fields:
+                    f = s.fields.get(name)
+                    if f is None:
+                        raise StoreError(
+                            f"sample {sid!r} has no field {name!r} (it has: "
+                            f"{', '.join(sorted(s.fields)) or 'none'})"
+                        )
+                    row.append((f.info, f.loc))
+                    total += f.info.nbytes
+                out.append(row)
+            self._get_total += total
+        return out
+
+    def _sample(self, sid: str) -> _Sample:
+        s = self._samples.get(sid)
+        if s is None:
+            raise StoreError(f"unknown sample id {sid!r} (never written, or deleted)")
+        return s
+
+    def meta(self, ids: Sequence[str]) -> list[SampleMeta]:
+        with self._cond:
+            return [self._sample(sid).meta for sid in ids]
+
+    def delete(self, ids: Sequence[str]) -> list[Any]:
+        """Forget samples; returns their payload locations (for the plane to free)."""
+        freed: list[Any] = []
+        with self._cond:
+            for sid in ids:
+                s = self._samples.pop(sid, None)
+                if s is None:
+                    continue
+                for task, t in self._tasks.items():
+                    self._leave(sid, s, t)
+                    cid = s.leased.get(task)
+                    if cid is not None:
+                        self._leases[cid].ids.pop(sid, None)
+                        t.leased -= 1
+                for name, f in s.fields.items():
+                    self._field_counts[name] -= 1
+                    if not self._field_counts[name]:
+                        del self._field_counts[name]
+                    freed.append(f.loc)
+                self._used -= s.nbytes
+                self._deleted += 1
+            self._cond.notify_all()
+        return freed
+
+    def stats(self) -> StoreStats:
+        with self._cond:
+            self._expire(self._clock())
+            tasks = {
+                name: TaskStats(
+                    ready=t.ready_samples if t.by_group else len(t.ready),
+                    leased=t.leased,
+                    consumed=t.consumed,
+                )
+                for name, t in self._tasks.items()
+            }
+            return StoreStats(
+                samples=len(self._samples),
+                bytes_used=self._used,
+                budget_bytes=self.budget,
+                fields=dict(self._field_counts),
+                tasks=tasks,
+                put_bytes_total=self._put_total,
+                get_bytes_total=self._get_total,
+                deleted_total=self._deleted,
+            )
+
+    def ids(self) -> list[str]:
+        """All stored sample ids (O(N): for shutdown/cleanup, not the hot path)."""
+        with self._cond:
+            return list(self._samples)
+
+
+def _order(sid: str) -> int:
+    try:
+        return split_sample_id(sid)[1]
+    except ValueError:
+        return 0
+
+
+__all__ = ["FieldInfo", "SampleIndex", "dtype_name"]

@@ -1,0 +1,130 @@
+"""``memory``: the embedded default store (no external service).
+
+* use_ray=False: index and payloads in this process (a clone per sample and field);
+  a plain thread-safe object for in-process pipelines and tests.
+* use_ray=True: the index is a Ray actor (``IndexServer``, num_cpus=0); payloads are Ray
+  objects, one per sample and write, in the node's shared-memory object store. Readers
+  get them zero-copy from shared memory and make the one copy that stacks a batch.
+
+Who owns a payload object decides whether it survives its writer (Ray frees an object when
+its owner process dies; ``ray.put(_owner=...)`` was removed in Ray 2.56):
+
+* ``payload_owner = "controller"`` (default): the writer sends the bytes to the index actor,
+  which puts them; samples outlive the producer that wrote them. Costs one more copy.
+* ``payload_owner = "writer"``: the writer puts them itself (one copy less), and a sample's
+  payloads are lost if its writer dies (reads then fail with StoreError naming the sample).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from unirl_stream.api import StoreError
+from unirl_stream.storage import codec
+from unirl_stream.storage.base import IndexedStore, LocalLink, Located, Plane, RayLink, columns_of
+from unirl_stream.storage.codec import FieldInfo, describe_ids
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from unirl_stream.storage.config import StoreConfig
+
+
+class MemoryOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    payload_owner: Literal["controller", "writer"] = "controller"
+    """Ray mode: who puts payloads into the object store (see the module docstring)."""
+
+
+class LocalPlane(Plane):
+    """In-process: the index's locations are private clones of each sample's tensors."""
+
+    def write(self, ids: list[str], cols: dict[str, torch.Tensor], infos: dict[str, FieldInfo]) -> Any:
+        # One clone per sample, so deleting a sample frees its memory even when the rest
+        # of its put batch stays.
+        return [{name: col[i].clone() for name, col in cols.items()} for i in range(len(ids))]
+
+    def read(self, ids: list[str], fields: list[str], located: Located) -> dict[str, torch.Tensor]:
+        import torch
+
+        out = {}
+        for name, infos, parts in columns_of(fields, located):
+            codec.common_info(name, ids, infos)
+            out[name] = torch.stack(parts)
+        return out
+
+
+class RayObjectPlane(Plane):
+    """Payloads are Ray objects: one dict of uint8 rows per sample and write."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def write(self, ids: list[str], cols: dict[str, torch.Tensor], infos: dict[str, FieldInfo]) -> Any:
+        per_sample: list[dict[str, Any]] = [{} for _ in ids]
+        for name, col in cols.items():
+            for i, row in enumerate(codec.to_numpy_rows(col)):
+                per_sample[i][name] = row  # numpy views: serialized without pickling bytes
+        if self.owner == "controller":
+            return per_sample  # the actor puts them (commit_payload)
+        import ray
+
+        return [dict.fromkeys(p, ray.put(p)) if p else {} for p in per_sample]
+
+    def commit(self, link: Any, token: int, locs: Any) -> list[Any]:
+        if self.owner == "controller":
+            return link.call("commit_payload", token, locs)
+        return link.call("commit", token, locs)
+
+    def read(self, ids: list[str], fields: list[str], located: Located) -> dict[str, torch.Tensor]:
+        import ray
+
+        refs = list(dict.fromkeys(ref for row in located for _, ref in row))
+        try:
+            values = ray.get(refs)
+        except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
+            raise StoreError(
+                f"get of {describe_ids(ids)}: a payload object is lost ({type(e).__name__}); "
+                f"with payload_owner='writer' a sample dies with its writer"
+            ) from None
+        by_ref = dict(zip(refs, values, strict=True))
+        out = {}
+        for name, infos, locs in columns_of(fields, located):
+            parts = [by_ref[ref][name] for ref in locs]
+            out[name] = codec.assemble(name, ids, infos, parts)
+        return out
+
+
+class MemoryStore(IndexedStore):
+    """The embedded store; see the module docstring."""
+
+    Config = MemoryOptions
+    backend = "memory"
+
+    @classmethod
+    def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> MemoryStore:
+        opts = _options(cls.Config, options)
+        budget = int(cfg.budget_mb * 2**20)
+        if not use_ray:
+            from unirl_stream.storage.index import SampleIndex
+
+            return cls(LocalLink(SampleIndex(budget, cfg.lease_s)), LocalPlane(), cfg.put_timeout_s)
+        from unirl_stream.storage.controller import start_index_actor, stop_actor
+
+        actor = start_index_actor(budget, cfg.lease_s)
+        store = cls(RayLink(actor), RayObjectPlane(opts.payload_owner), cfg.put_timeout_s)
+        store._finalizers.append(lambda: stop_actor(actor))
+        return store
+
+
+def _options(config_type: type, options: Any) -> Any:
+    """Accept a decoded Config, a plain dict (e.g. straight from a recipe) or None."""
+    if isinstance(options, config_type):
+        return options
+    try:
+        return msgspec.convert(dict(options or {}), config_type)
+    except msgspec.ValidationError as e:
+        from unirl_stream.api import UserInputError
+
+        raise UserInputError(f"[store] options: {e}") from None
