@@ -158,8 +158,10 @@ class Aggregator:
             self._apply(event)
 
     def snapshot(self) -> Snapshot:
-        """A fresh snapshot now (does not publish)."""
+        """A fresh snapshot now (does not publish); after ``close``, the final one."""
         with self._lock:
+            if self._fh is None:
+                return self.latest
             return self._snapshot_locked(self.clock())
 
     def refresh(self, write_row: bool = False) -> Snapshot:

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -55,7 +56,7 @@ def _stages(s: Snapshot) -> Table:
         )
         queue = str(st.queue_depth) if st.queue_depth >= 0 else "n/a"
         t.add_row(
-            st.name, workers, f"{st.samples_per_s:.2f}", str(st.processed), queue,
+            escape(st.name), workers, f"{st.samples_per_s:.2f}", str(st.processed), queue,
             f"{st.idle_frac:.0%}", str(st.dropped),
         )
     return t
@@ -80,10 +81,10 @@ def _staleness(s: Snapshot) -> Table:
     t.add_row("policy version", str(st.policy_version))
     t.add_row("staleness", f"mean {st.mean:.2f}  max {st.max}  last {st.last_mean:.2f}  (eta {st.eta}, n {st.count})")
     t.add_row("histogram", _histogram(st.histogram, st.eta))
-    drops = "  ".join(f"{k} {v}" for k, v in sorted(st.drops.items())) or "0"
+    drops = "  ".join(f"{escape(k)} {v}" for k, v in sorted(st.drops.items())) or "0"
     t.add_row("drops", drops)
     held = "  ".join(
-        f"{k} v{v} (lag {max(0, st.policy_version - v)})" for k, v in st.producer_versions.items()
+        f"{escape(k)} v{v} (lag {max(0, st.policy_version - v)})" for k, v in st.producer_versions.items()
     ) or "n/a"
     t.add_row("producers hold", held)
     return t
@@ -97,7 +98,7 @@ def _learning(s: Snapshot) -> Table:
     t.add_row("step", f"{ln.step}  ({ln.samples} samples trained)")
     t.add_row("reward", f"{ln.reward_mean:.4f} ± {ln.reward_std:.4f}")
     for name, v in sorted(ln.reward_terms.items()):
-        t.add_row(f"  {name}", f"{v:.4f}")
+        t.add_row(f"  {escape(name)}", f"{v:.4f}")
     t.add_row("loss", f"{ln.loss:.4g}")
     t.add_row("clip frac", f"{ln.clip_frac:.3f}")
     t.add_row("approx kl", f"{ln.approx_kl:.3g}")
@@ -115,7 +116,7 @@ def _store(s: Snapshot) -> Table:
     t.add_row("samples", f"{sv.samples}  (deleted {sv.deleted_total})")
     t.add_row("put / get", f"{sv.put_mb_s:.2f} / {sv.get_mb_s:.2f} MB/s")
     for task, ts in sorted(sv.tasks.items()):
-        t.add_row(f"  task {task}", f"ready {ts.ready}  leased {ts.leased}  done {ts.consumed}")
+        t.add_row(f"  task {escape(task)}", f"ready {ts.ready}  leased {ts.leased}  done {ts.consumed}")
     b = s.bus
     t.add_row(
         "bus",
@@ -127,7 +128,7 @@ def _store(s: Snapshot) -> Table:
 
 def render(s: Snapshot, title: str | None = None) -> RenderableType:
     state = "finished" if s.finished else "running"
-    head = title or f"unirl-stream · run {s.run_id} · {state} · {s.uptime_s:.0f}s · #{s.seq}"
+    head = title or f"unirl-stream · run {escape(s.run_id)} · {state} · {s.uptime_s:.0f}s · #{s.seq}"
     boxes = Columns(
         [
             Panel(_staleness(s), title="staleness", title_align="left"),
@@ -197,7 +198,7 @@ class LiveView:
 
     def _log_loop(self) -> None:
         while not self._stop.wait(self.log_every_s):
-            self.console.print(plain_line(self.snapshot_fn()), highlight=False, soft_wrap=True)
+            self.console.print(plain_line(self.snapshot_fn()), markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         """Stop refreshing and leave the last state on screen (or as a last log line)."""
@@ -208,7 +209,7 @@ class LiveView:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-            self.console.print(plain_line(self.snapshot_fn()), highlight=False, soft_wrap=True)
+            self.console.print(plain_line(self.snapshot_fn()), markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self) -> LiveView:
         return self.start()

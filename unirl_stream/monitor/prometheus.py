@@ -112,6 +112,7 @@ class PrometheusExporter(MonitorSink):
         self.registry.register(_Collector(self))  # type: ignore[arg-type]
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
+        self._closed = False
         self.port: int = self._server.server_port
 
     @property
@@ -122,6 +123,9 @@ class PrometheusExporter(MonitorSink):
         self.latest = snap  # one reference swap: scrapes see a whole snapshot
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -1,4 +1,4 @@
-"""What the driver calls: ``Monitoring.start(recipe, run_dir, run_id)`` builds the
+"""What the driver calls: ``Monitoring.start(run_dir, recipe, run_id, live)`` builds the
 aggregator with the sinks the recipe's ``[logging]`` asks for (wandb, Prometheus), and
 hands out worker sinks, the live view and the media logger. Absent features are null
 objects, so the driver's loop has no ``if wandb:``."""
@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from unirl_stream.api import MetricEvent, MetricSink
 from unirl_stream.monitor.aggregator import Aggregator, MonitorSink
 from unirl_stream.monitor.panel import LiveView
+from unirl_stream.monitor.snapshot import Snapshot
 from unirl_stream.pipeline.metrics import ZmqSink
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,24 +71,43 @@ def build_sinks(
     return sinks, media, prom
 
 
-class Monitoring:
-    """The driver's handle on monitoring for one run."""
+class ZmqSinkFactory:
+    """Picklable ``source -> ZmqSink`` for Ray actors (``StageActor(..., sink_factory)``)."""
 
-    def __init__(self, aggregator: Aggregator, media: Any, prometheus: Any, logging: Any) -> None:
+    def __init__(self, address: str, run_id: str) -> None:
+        self.address, self.run_id = address, run_id
+
+    def __call__(self, source: str) -> ZmqSink:
+        return ZmqSink(self.address, self.run_id, source)
+
+
+class Monitoring:
+    """The driver's handle on monitoring for one run.
+
+    Same surface as the pipeline's placeholder ``MetricsHub`` (``start``, ``emit``,
+    ``local_sink``, ``sink_factory``, ``close``), so the driver swaps one import. ``start``
+    also starts the ``run`` panel (or the plain log lines) and ``close`` stops it after
+    the final snapshot."""
+
+    def __init__(self, aggregator: Aggregator, media: Any, prometheus: Any, view: LiveView) -> None:
         self.aggregator = aggregator
         self.media = media  # .media_due(step) / .log_media(step, frames)
-        self.prometheus = prometheus
-        self.logging = logging
+        self.prometheus = prometheus  # PrometheusExporter (.url) or None
+        self.view = view
 
     @classmethod
     def start(
         cls,
-        recipe: Recipe,
         run_dir: str | Path,
+        recipe: Recipe,
         run_id: str,
+        live: bool = True,
+        console: Console | None = None,
         extra_sinks: Iterable[MonitorSink] = (),
         stage_tasks: Mapping[str, str] | None = None,
     ) -> Monitoring:
+        """``live``: the panel when stdout is a terminal (False: ``--no-live``); off a
+        terminal, one plain line every ``[logging] log_every_s``."""
         run_dir = Path(run_dir)
         config = msgspec.to_builtins(recipe)
         config.pop("source", None)
@@ -95,29 +116,42 @@ class Monitoring:
         expected = {"rollout": p.rollout_workers, "reward": p.reward_workers,
                     "trainer": p.trainer_workers}
         expected.update({s.name: s.workers for s in p.stages})
-        agg = Aggregator(
-            run_dir, run_id, eta=p.max_staleness, bind_host=recipe.logging.bind_host,
-            tick_s=p.tick_s, expected_workers=expected, stage_tasks=stage_tasks,
-            sinks=[*sinks, *extra_sinks],
-        ).start()
-        return cls(agg, media, prom, recipe.logging)
+        try:
+            agg = Aggregator(
+                run_dir, run_id, eta=p.max_staleness, bind_host=recipe.logging.bind_host,
+                tick_s=p.tick_s, expected_workers=expected, stage_tasks=stage_tasks,
+                sinks=[*sinks, *extra_sinks],
+            ).start()
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+        view = LiveView(agg.snapshot, console=console, live=live,
+                        log_every_s=recipe.logging.log_every_s)
+        return cls(agg, media, prom, view.start())
 
     @property
     def address(self) -> str:
         """The PULL address stage workers send to."""
         return self.aggregator.address
 
+    def emit(self, event: MetricEvent) -> None:
+        self.aggregator.emit(event)
+
+    def local_sink(self) -> MetricSink:
+        """For in-process (thread) workers: straight into the aggregator, no socket."""
+        return self.aggregator
+
+    def sink_factory(self) -> ZmqSinkFactory:
+        """For Ray actors: ``factory(source)`` builds a ZmqSink in the actor."""
+        return ZmqSinkFactory(self.aggregator.address, self.aggregator.run_id)
+
     def sink_for(self, source: str) -> ZmqSink:
-        """A picklable sink for the worker named ``source`` ("rollout/0", "trainer/0")."""
         return self.aggregator.sink_for(source)
 
-    def live_view(self, console: Console | None = None, live: bool | None = None) -> LiveView:
-        """The ``run`` panel; ``live=False`` for ``--no-live`` (None: the recipe's)."""
-        return LiveView(
-            self.aggregator.snapshot, console=console,
-            live=self.logging.live if live is None else live,
-            log_every_s=self.logging.log_every_s,
-        )
+    def snapshot(self) -> Snapshot:
+        return self.aggregator.snapshot()
 
     def close(self) -> None:
-        self.aggregator.close()
+        self.aggregator.close()  # the final snapshot first, so the view's last frame has it
+        self.view.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from unirl_stream.api import UserInputError
@@ -100,7 +101,7 @@ def monitor_command(
         from unirl_stream.monitor.plot import plot_run
 
         out = plot_run(run_dir, plot)
-        console.print(f"wrote {out}", highlight=False)
+        console.print(f"wrote {out}", markup=False, highlight=False)
         return 0
     info = read_monitor_file(run_dir)
     if info is not None and _publisher_may_live(info):
@@ -179,7 +180,7 @@ def _offline(run_dir: Path, console: Console, as_json: bool) -> int:
         console.print(f"{run_dir}: no pipeline snapshot recorded yet ({len(hist.train)} train rows)")
         return 0
     state = "finished" if snap.finished else "not running (no live publisher)"
-    title = f"unirl-stream · run {snap.run_id} · replay · {state} · {snap.uptime_s:.0f}s"
+    title = f"unirl-stream · run {escape(snap.run_id)} · replay · {state} · {snap.uptime_s:.0f}s"
     console.print(Group(render(snap, title=title), summary_table(hist, snap), sparklines(hist)))
     return 0
 
@@ -199,10 +200,11 @@ def summary_table(hist: History, snap: Snapshot) -> Table:
         mean = st.processed / snap.uptime_s if snap.uptime_s > 0 else 0.0
         _, rates = hist.throughput(st.name)
         peak = max(rates) if rates else 0.0
-        t.add_row(f"{st.name}", f"{st.processed} samples, mean {mean:.2f}/s, peak {peak:.2f}/s")
+        t.add_row(escape(st.name), f"{st.processed} samples, mean {mean:.2f}/s, peak {peak:.2f}/s")
     s = snap.staleness
     t.add_row("staleness", f"mean {s.mean:.2f}  max {s.max}  (eta {s.eta})")
-    t.add_row("dropped", f"{sum(s.drops.values())} " + " ".join(f"{k}={v}" for k, v in s.drops.items()))
+    drops = " ".join(f"{escape(k)}={v}" for k, v in s.drops.items())
+    t.add_row("dropped", f"{sum(s.drops.values())} {drops}")
     b = snap.bus
     t.add_row("bus", f"events {b.events}, pub drops {b.pub_dropped}, sender drops {b.sender_dropped}")
     return t
@@ -222,5 +224,5 @@ def sparklines(hist: History, width: int = 60) -> RenderableType:
     for name, vals in rows:
         vals = [v for v in vals if v == v]
         rng = f"{min(vals):.3g}..{max(vals):.3g}" if vals else "no data"
-        t.add_row(name, sparkline(vals, width), rng)
+        t.add_row(escape(name), sparkline(vals, width), rng)
     return t
