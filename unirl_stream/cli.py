@@ -176,8 +176,10 @@ def plugins(
     console = Console()
     for group in registry.GROUPS:
         table = Table(title=f"{group}  (entry point group unirl_stream.{group})", title_justify="left")
-        for col in ("name", "distribution", "target", "status"):
-            table.add_column(col, overflow="fold")
+        table.add_column("name", no_wrap=True)
+        table.add_column("distribution", no_wrap=True)
+        table.add_column("target", overflow="fold")
+        table.add_column("status")
         for p in (p for p in rows if p.group == group):
             dup = counts[(p.group, p.name)] > 1
             status = "[red]conflict: name registered twice[/]" if dup else "ok"

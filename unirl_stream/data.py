@@ -15,7 +15,10 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"prompt file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{path}: not UTF-8 text: {e}") from None
     suffix = path.suffix.lower()
     if suffix == ".txt":
         rows = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]

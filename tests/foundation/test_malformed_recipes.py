@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BASE_RECIPE, run_cli
+from foundation_helpers import BASE_RECIPE, run_cli
 
 # (id, text to replace in the base recipe, replacement, extra CLI args, expected message part)
 CASES = [
