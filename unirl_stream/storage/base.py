@@ -108,6 +108,9 @@ class Plane:
     def free(self, locs: list[Any]) -> None:
         """Free payloads the index no longer points at (overwritten fields)."""
 
+    def acked(self, task: str, ids: list[str]) -> None:
+        """``ids`` were consumed by ``task`` (backends with their own ledger record it)."""
+
     def deleted(self, ids: list[str], locs: list[Any]) -> None:
         """Samples were deleted from the index; ``locs`` are their payload locations."""
         self.free(locs)
@@ -181,7 +184,15 @@ class IndexedStore:
         return self._link.call("claim", task, int(n), lease_s)
 
     def ack(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
-        self._link.call("ack", claim, list(ids) if ids is not None else None)
+        acked, stolen = self._link.call("ack", claim, list(ids) if ids is not None else None)
+        if acked:
+            self._plane.acked(claim.task, acked)
+        if stolen:
+            raise StoreError(
+                f"claim {claim.claim_id} of task {claim.task!r} expired before this ack; "
+                f"{describe_ids(stolen)} was claimed again and will be consumed by that claim "
+                f"(the claim's other samples were acked); raise lease_s"
+            )
 
     def release(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
         self._link.call("release", claim, list(ids) if ids is not None else None)

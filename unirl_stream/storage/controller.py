@@ -55,7 +55,14 @@ class IndexServer(SampleIndex):
     def unmount_mooncake(self) -> None:
         holder, self._holder = self._holder, None
         if holder is not None:
-            holder.close()
+            holder.close()  # ~2 s: Mooncake unregisters the segment from the master
+
+    def retire(self) -> None:
+        """Unmount the segment (if any), then end this actor (a shutdown need not wait)."""
+        import ray
+
+        self.unmount_mooncake()
+        ray.actor.exit_actor()
 
 
 def start_index_actor(budget_bytes: int, lease_s: float) -> Any:

@@ -373,17 +373,24 @@ class SampleIndex:
             raise StoreError(f"sample {bad[0]!r} is not part of claim {claim.claim_id}")
         return list(ids)
 
-    def ack(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
+    def ack(self, claim: Claim, ids: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+        """Mark samples consumed by the claim's task.
+
+        Returns ``(acked, stolen)``: the ids consumed by this call (repeats and deleted ids
+        are skipped: acks are idempotent) and the ids whose lease expired and that another
+        claim holds now (not acked here; the store raises StoreError naming them).
+        """
         with self._cond:
             t = self._task(claim.task)
             self._expire(self._clock())
             todo = self._claim_ids(claim, ids)
             lease = self._leases.get(claim.claim_id)
+            acked: list[str] = []
             stolen: list[str] = []
             for sid in todo:
                 s = self._samples.get(sid)
                 if s is None or claim.task in s.done:
-                    continue  # deleted, or acked already: acks are idempotent
+                    continue
                 if lease is not None and sid in lease.ids:
                     del lease.ids[sid]
                     del s.leased[claim.task]
@@ -395,14 +402,10 @@ class SampleIndex:
                     self._leave(sid, s, t)
                 s.done.add(claim.task)
                 t.consumed += 1
+                acked.append(sid)
             if lease is not None and not lease.ids:
                 del self._leases[claim.claim_id]
-            if stolen:
-                raise StoreError(
-                    f"claim {claim.claim_id} of task {claim.task!r} expired before this ack; "
-                    f"{describe_ids(stolen)} was claimed again and will "
-                    f"be consumed by that claim; raise lease_s (the other samples were acked)"
-                )
+            return acked, stolen
 
     def release(self, claim: Claim, ids: Sequence[str] | None = None) -> None:
         with self._cond:
