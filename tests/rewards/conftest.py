@@ -1,0 +1,26 @@
+"""Tiny random-weight reward models on disk, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from unirl_stream.rewards import testing
+
+
+class TinyModels(msgspec.Struct):
+    clip: Path
+    head: Path
+    hps_checkpoint: Path
+    hps_clip: Path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    root = tmp_path_factory.mktemp("tiny_rewards")
+    clip = testing.save_tiny_clip(root / "clip", seed=0)
+    head = testing.save_aesthetic_head(root / "aesthetic_head.pth", embed_dim=16, seed=0)
+    ckpt, hps_clip = testing.save_tiny_hps(root / "hps", seed=1)
+    return TinyModels(clip, head, ckpt, hps_clip)

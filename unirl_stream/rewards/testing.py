@@ -1,0 +1,150 @@
+"""Tiny random-weight models of the real reward architectures, saved to disk.
+
+For tests and benchmarks: nothing here downloads. Each builder writes exactly what the
+real loader reads (``CLIPModel``/``CLIPProcessor`` folders, an aesthetic head state dict,
+an open_clip-layout HPS checkpoint), so the scorers' real loading code is exercised.
+
+The CLIP tokenizer is the real ``CLIPTokenizer`` built offline from a tiny BPE vocabulary:
+the 256 byte-level symbols and their end-of-word forms, a few merges, and the two special
+tokens last (as in CLIP's real vocabulary, where end-of-text has the largest id).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MERGES = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"]
+
+
+def _byte_symbols() -> list[str]:
+    """The byte -> printable-unicode table of GPT-2/CLIP byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    out, n = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + n))
+            n += 1
+    return out
+
+
+def write_clip_tokenizer(folder: Path) -> Any:
+    """Build a CLIPTokenizer from vocab.json + merges.txt and save it in ``folder``."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    for merge in MERGES:
+        vocab["".join(merge.split())] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    tok = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def tiny_clip_config(vocab_size: int, width: int = 32, layers: int = 2, image_size: int = 32) -> Any:
+    from transformers import CLIPConfig
+
+    common = dict(
+        hidden_size=width,
+        intermediate_size=4 * width,  # open_clip's mlp_ratio 4, as ViT-H-14 (1280 -> 5120)
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        hidden_act="gelu",  # laion/open_clip ViT-H uses exact GELU (OpenAI models: quick_gelu)
+    )
+    text = dict(common, vocab_size=vocab_size, max_position_embeddings=77,
+                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    vision = dict(common, image_size=image_size, patch_size=8)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+def save_tiny_clip(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    """A random CLIPModel + CLIPProcessor (CLIP's resize/crop/mean/std at ``image_size``)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = write_clip_tokenizer(folder / "_tok")
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    model = CLIPModel(tiny_clip_config(len(tok), image_size=image_size))
+    with torch.no_grad():  # a visible logit scale, so scale bugs show in the numbers
+        model.logit_scale.fill_(2.0)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def save_aesthetic_head(path: Path, embed_dim: int = 16, seed: int = 0) -> Path:
+    """The published MLP layout with random weights, as a torch state dict file."""
+    import torch
+
+    from unirl_stream.rewards.aesthetic import aesthetic_head
+
+    torch.manual_seed(seed)
+    head = aesthetic_head(embed_dim)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(head.state_dict(), path)
+    return path
+
+
+def openclip_state_dict(config: Any, seed: int = 0) -> dict[str, Any]:
+    """Random weights under open_clip's ViT CLIP key names and shapes for ``config``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tc, vc = config.text_config, config.vision_config
+
+    def rnd(*shape: int, scale: float = 0.05) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    def norm(prefix: str, w: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": 1.0 + rnd(w), f"{prefix}.bias": rnd(w)}
+
+    def blocks(prefix: str, w: int, n: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for i in range(n):
+            p = f"{prefix}.resblocks.{i}"
+            out |= norm(f"{p}.ln_1", w) | norm(f"{p}.ln_2", w)
+            out |= {f"{p}.attn.in_proj_weight": rnd(3 * w, w), f"{p}.attn.in_proj_bias": rnd(3 * w),
+                    f"{p}.attn.out_proj.weight": rnd(w, w), f"{p}.attn.out_proj.bias": rnd(w),
+                    f"{p}.mlp.c_fc.weight": rnd(4 * w, w), f"{p}.mlp.c_fc.bias": rnd(4 * w),
+                    f"{p}.mlp.c_proj.weight": rnd(w, 4 * w), f"{p}.mlp.c_proj.bias": rnd(w)}
+        return out
+
+    tw, vw, d = tc.hidden_size, vc.hidden_size, config.projection_dim
+    grid = vc.image_size // vc.patch_size
+    sd = {
+        "positional_embedding": rnd(tc.max_position_embeddings, tw),
+        "text_projection": rnd(tw, d, scale=0.2),
+        "logit_scale": torch.tensor(2.0),
+        "token_embedding.weight": rnd(tc.vocab_size, tw, scale=0.5),
+        "visual.class_embedding": rnd(vw, scale=0.5),
+        "visual.positional_embedding": rnd(grid * grid + 1, vw),
+        "visual.proj": rnd(vw, d, scale=0.2),
+        "visual.conv1.weight": rnd(vw, 3, vc.patch_size, vc.patch_size, scale=0.1),
+    }
+    sd |= norm("ln_final", tw) | norm("visual.ln_pre", vw) | norm("visual.ln_post", vw)
+    sd |= blocks("transformer", tw, tc.num_hidden_layers)
+    sd |= blocks("visual.transformer", vw, vc.num_hidden_layers)
+    return sd
+
+
+def save_tiny_hps(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(HPS-style checkpoint ``{"state_dict": open_clip keys}``, CLIP config+tokenizer folder)."""
+    import torch
+    from transformers import CLIPConfig
+
+    clip_dir = save_tiny_clip(folder / "clip", seed=seed)
+    config = CLIPConfig.from_pretrained(str(clip_dir), local_files_only=True)
+    ckpt = folder / "HPS_tiny.pt"
+    torch.save({"state_dict": openclip_state_dict(config, seed)}, ckpt)
+    return ckpt, clip_dir
