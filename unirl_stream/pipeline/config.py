@@ -30,6 +30,9 @@ class StageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    backend: Literal["ray", "local"] = "ray"
+    """``ray``: every worker is a Ray actor (a local cluster, or ``--address``);
+    ``local``: every worker is a thread of the driver process (tests, debugging)."""
     mode: Literal["async", "sync"] = "async"
     """``sync`` puts a barrier between rounds (the baseline); ``async`` has none."""
     max_staleness: Annotated[int, Meta(ge=0)] = 1

@@ -1,0 +1,64 @@
+"""Trainer checkpoints: ``RUN_DIR/checkpoints/step_NNNNNN/``, written atomically.
+
+A checkpoint holds what the run needs to continue as if it had not stopped: the trainable
+weights (safetensors bytes from the policy), the optimizer state, the optimizer step and
+policy version, the coordinator's data cursor and gate state, and the RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from unirl_stream.pipeline.coordinator import CoordinatorState
+
+STATE = "state.json"
+
+
+def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any,
+         coordinator: CoordinatorState) -> Path:
+    import torch
+
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "weights.safetensors").write_bytes(policy.export_weights())
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+    state = {"step": step, "version": version, "coordinator": msgspec.to_builtins(coordinator)}
+    (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a crash mid-write never leaves a half checkpoint under step_*
+    return final
+
+
+def latest(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    found = sorted(p for p in root.glob("step_*") if (p / STATE).exists()) if root.exists() else []
+    return found[-1] if found else None
+
+
+def read_state(ckpt: Path) -> tuple[int, int, CoordinatorState]:
+    state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+    return state["step"], state["version"], msgspec.convert(state["coordinator"], CoordinatorState)
+
+
+def restore(ckpt: Path, policy: Any, optimizer: Any) -> tuple[int, int]:
+    """Load weights, optimizer and RNG; return (optimizer step, policy version)."""
+    import torch
+
+    step, version, _ = read_state(ckpt)
+    policy.load_weights((ckpt / "weights.safetensors").read_bytes(), version)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file, written above
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return step, version

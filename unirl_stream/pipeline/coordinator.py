@@ -1,0 +1,239 @@
+"""The control plane: who may start work, which weights are current, how each sample ended.
+
+One Coordinator per run (a Ray actor with ``num_cpus=0``, or a plain object in-process).
+It never sees tensors: it hands out *group tickets* (which prompt, which seeds, which
+policy version), keeps the newest published weights (an opaque handle: a Ray ObjectRef or
+bytes), and writes the two journals of the run directory:
+
+- ``groups.jsonl``  one row per started group (written before sampling starts), so a crash
+  can never hide a sample id;
+- ``ledger.jsonl``  one row per sample id, exactly once: ``trained`` or ``dropped`` + reason.
+
+Staleness gate (AReaL-style): with the trainer at version v, at most
+``(v + eta + 1) * groups_per_version + dropped_groups`` groups may have been started, where
+``groups_per_version = publish_every * groups_per_step``. A group started under this bound is
+trained at a version <= v + eta, so the trainer rarely has to drop anything. Dropped groups
+are added back to the allowance, otherwise a drop would starve the trainer (a departure
+from AReaL, whose rollouts are never dropped after the gate).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from unirl_stream.api import SampleOutcome, group_id, sample_id
+
+
+class GroupTicket(msgspec.Struct, frozen=True):
+    position: int  # global group index = prompt cursor position (unique in a run)
+    group: str  # group id
+    prompt_index: int  # index of the prompt in the run's prompt list
+    prompt_id: str
+    size: int
+    base_seed: int  # sample k uses base_seed + k
+    version: int  # the policy version the producer must hold (or newer)
+
+
+class CoordinatorState(msgspec.Struct):
+    """What a checkpoint keeps of the coordinator."""
+
+    position: int = 0
+    version: int = 0
+    dropped_groups: int = 0
+
+
+def sample_seed(run_seed: int, position: int) -> int:
+    """Base seed of a group; sample k uses +k. Pure, so any process can recompute it."""
+    return (run_seed * 1_000_003 + position * 1_009) % (2**31 - 1)
+
+
+class Coordinator:
+    """Plain, thread-safe object; ``ray.remote(Coordinator)`` makes it the run's actor."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        prompt_ids: list[str],
+        run_seed: int,
+        shuffle: bool,
+        group_size: int,
+        groups_per_version: int,
+        max_staleness: int,
+        mode: str = "async",
+        state: CoordinatorState | None = None,
+    ) -> None:
+        from unirl_stream.data import PromptCursor
+
+        self._lock = threading.Lock()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._prompts = prompt_ids
+        self._cursor = PromptCursor(list(range(len(prompt_ids))), run_seed, shuffle)  # type: ignore[arg-type]
+        self.seed = run_seed
+        self.group_size = group_size
+        self.per_version = groups_per_version
+        self.eta = max_staleness
+        self.mode = mode
+        st = state or CoordinatorState()
+        self.position, self.version, self.dropped_groups = st.position, st.version, st.dropped_groups
+        self._weights: Any = None
+        self._published_at = 0.0
+        self._stopping = False
+        self._finished: set[str] = set()
+        self._counts = {"trained": 0, "dropped": 0, "duplicate": 0}
+        self._held: dict[str, int] = {}
+        self._errors: list[str] = []
+        self._written = 0  # groups whose samples reached the store (sync barrier)
+        self._started_here = 0  # groups started by this coordinator (not before a resume)
+        self._ledger = open(self.run_dir / "ledger.jsonl", "a", buffering=1, encoding="utf-8")
+        self._groups = open(self.run_dir / "groups.jsonl", "a", buffering=1, encoding="utf-8")
+        self._load_finished()
+
+    # ------------------------------------------------------------------ gate
+    def allowance(self) -> int:
+        if self.mode == "sync":  # barrier: exactly one version's batch at a time
+            return (self.version + 1) * self.per_version + self.dropped_groups
+        return (self.version + self.eta + 1) * self.per_version + self.dropped_groups
+
+    def start_group(self, worker: str) -> GroupTicket | None:
+        """A ticket to sample one group now, or None (gate closed or stopping)."""
+        with self._lock:
+            if self._stopping or self.position >= self.allowance() or self._weights is None:
+                return None
+            pos = self.position
+            self.position += 1
+            self._started_here += 1
+            idx = self._cursor.at(pos)
+            pid = self._prompts[idx]  # type: ignore[index]
+            gid = group_id(pid, pos)
+            ticket = GroupTicket(pos, gid, idx, pid, self.group_size, sample_seed(self.seed, pos), self.version)
+            row = {"group": gid, "position": pos, "prompt_id": pid, "size": self.group_size,
+                   "version": self.version, "worker": worker, "t": time.time()}
+            self._groups.write(json.dumps(row) + "\n")
+            return ticket
+
+    def group_written(self, position: int) -> None:
+        with self._lock:
+            self._written += 1
+
+    def reward_open(self) -> bool:
+        """Sync mode's barrier: score only once the whole batch has been sampled."""
+        with self._lock:
+            if self.mode != "sync":
+                return True
+            return self.position >= self.allowance() and self._written >= self._started_here
+
+    # ------------------------------------------------------------------ weights
+    def publish(self, version: int, weights: list[Any]) -> None:
+        """``weights`` is a one-element list so Ray passes an ObjectRef through unresolved."""
+        with self._lock:
+            if version < self.version:
+                raise ValueError(f"published version {version} < current {self.version}")
+            self.version, self._weights, self._published_at = version, weights[0], time.time()
+
+    def latest(self, held: int) -> tuple[int, list[Any], float] | None:
+        """Newest weights if newer than ``held`` (or nothing was held: held < 0)."""
+        with self._lock:
+            if self._weights is None or (held >= 0 and self.version <= held):
+                return None
+            return self.version, [self._weights], self._published_at
+
+    def report_held(self, worker: str, version: int) -> None:
+        with self._lock:
+            self._held[worker] = version
+
+    # ------------------------------------------------------------------ ledger
+    def finalize(self, rows: list[SampleOutcome]) -> int:
+        """Record how samples ended; a sample id already final is ignored (counted)."""
+        written = 0
+        with self._lock:
+            for row in rows:
+                if row.sample_id in self._finished:
+                    self._counts["duplicate"] += 1
+                    continue
+                self._finished.add(row.sample_id)
+                self._counts[row.status] += 1
+                self._ledger.write(msgspec.json.encode(row).decode() + "\n")
+                written += 1
+        return written
+
+    def drop_group(self, n: int = 1) -> None:
+        """A whole group will never reach the trainer: widen the gate by one group."""
+        with self._lock:
+            self.dropped_groups += n
+
+    def close_out(self, reason: str) -> int:
+        """Drop every started sample id that has no ledger row yet (end of run / crash)."""
+        rows = []
+        for g in _read_jsonl(self.run_dir / "groups.jsonl"):
+            for k in range(int(g["size"])):
+                sid = sample_id(g["group"], k)
+                if sid not in self._finished:
+                    rows.append(SampleOutcome(run_id="", source="coordinator", t=time.time(),
+                                              sample_id=sid, prompt_id=g["prompt_id"],
+                                              status="dropped", reason=reason,
+                                              behavior_version=int(g["version"])))
+        return self.finalize(rows)
+
+    # ------------------------------------------------------------------ run state
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def fail(self, message: str) -> None:
+        """A stage hit an error that must end the run (e.g. a NaN reward with on_nan=fail)."""
+        with self._lock:
+            self._errors.append(message)
+            self._stopping = True
+
+    def errors(self) -> list[str]:
+        return list(self._errors)
+
+    def state(self) -> CoordinatorState:
+        return CoordinatorState(self.position, self.version, self.dropped_groups)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"version": self.version, "position": self.position,
+                    "allowance": self.allowance(), "held": dict(self._held),
+                    "published_at": self._published_at, **self._counts}
+
+    def close(self) -> None:
+        self._ledger.close()
+        self._groups.close()
+
+    def _load_finished(self) -> None:
+        # Resuming: ids already in the ledger stay final; positions already journaled are
+        # never handed out again (their ids would collide).
+        for row in _read_jsonl(self.run_dir / "ledger.jsonl"):
+            self._finished.add(row["sample_id"])
+            self._counts[row["status"]] = self._counts.get(row["status"], 0) + 1
+        before = self.position
+        for g in _read_jsonl(self.run_dir / "groups.jsonl"):
+            self.position = max(self.position, int(g["position"]) + 1)
+        # Groups started after the checkpoint are lost (their samples are closed out as
+        # dropped); give their places in the gate back so the trainer is not starved.
+        self.dropped_groups += self.position - before
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed run
+    return rows

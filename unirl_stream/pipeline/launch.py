@@ -1,0 +1,197 @@
+"""Bring a run up and down: store, coordinator, metrics, stage workers (threads or Ray)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from unirl_stream.api import MetricEvent
+from unirl_stream.pipeline import checkpoint
+from unirl_stream.pipeline.control import Control
+from unirl_stream.pipeline.coordinator import Coordinator, CoordinatorState
+from unirl_stream.pipeline.metrics_hub import MetricsHub
+from unirl_stream.pipeline.runner import StageActor, StageLoop, format_error
+from unirl_stream.recipe import Recipe
+from unirl_stream.stages.base import StageContext
+
+# (task, required fields, by_group) of the built-in stages; plugin stages register their own.
+TASKS = (("reward", ("media",), False), ("advantage", ("reward",), True))
+
+
+class Run:
+    def __init__(self, recipe: Recipe, run_dir: Path, ckpt: Path | None,
+                 address: str | None = None, live: bool = True) -> None:
+        self.recipe, self.run_dir, self.ckpt = recipe, Path(run_dir), ckpt
+        self.address, self.live = address, live
+        self.run_id = self.run_dir.name
+        self.use_ray = recipe.pipeline.backend == "ray"
+        self._started_ray = False
+        self._workers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef)
+        self._thread_errors: list[str] = []
+        self._trainer: Any = None
+
+    # ------------------------------------------------------------------ up
+    def __enter__(self) -> Run:
+        from unirl_stream.storage import open_store
+
+        try:
+            if self.use_ray:
+                self._init_ray()
+            self.store = open_store(self.recipe.store, use_ray=self.use_ray)
+            for task, requires, by_group in TASKS:
+                self.store.register_task(task, list(requires), by_group)
+            self.store.register_task("train", self.recipe.pipeline.train_requires, True)
+            self.control = Control(self._coordinator())
+            self.metrics = MetricsHub.start(self.run_dir, self.recipe, self.run_id, live=self.live)
+            self.control.close_out("interrupted: the run stopped before this sample was trained")
+            self._start_workers()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _init_ray(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "logging_level": "WARNING"}
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["num_cpus"] = max(os.cpu_count() or 2, 2)
+            ray.init(**kwargs)
+            self._started_ray = True
+
+    def _coordinator(self) -> Any:
+        from unirl_stream.data import load_prompts
+
+        r, p = self.recipe, self.recipe.pipeline
+        state = checkpoint.read_state(self.ckpt)[2] if self.ckpt else CoordinatorState()
+        args = (str(self.run_dir), [x.id for x in load_prompts(r.resolve(r.data.prompts))], r.run.seed,
+                r.data.shuffle, r.sampling.samples_per_prompt, p.publish_every * p.groups_per_step,
+                p.max_staleness, p.mode, state)
+        if not self.use_ray:
+            return Coordinator(*args)
+        import ray
+
+        return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=64).remote(*args)
+
+    def _contexts(self) -> list[tuple[str, StageContext, Any, bool]]:
+        """(plugin name, context, placement, restartable) for every worker."""
+        p = self.recipe.pipeline
+        plan: list[tuple[str, int, Any, Any, bool]] = [
+            ("rollout", p.rollout_workers, p.rollout, None, True),
+            ("reward", p.reward_workers, p.reward, None, True),
+            ("trainer", p.trainer_workers, p.trainer, None, False),
+        ]
+        from unirl_stream import registry
+
+        for spec in p.stages:
+            options = registry.decode_options(registry.load("stages", spec.name), spec.options,
+                                              f"pipeline.stages[{spec.name}].options")
+            plan.append((spec.name, spec.workers, spec.placement, options, True))
+        out = []
+        for name, n, placement, options, restartable in plan:
+            for w in range(n):
+                device = f"cuda:{placement.gpu_ids[w % len(placement.gpu_ids)]}" if placement.gpu_ids else None
+                ctx = StageContext(recipe=self.recipe, store=self.store, control=self.control,
+                                   run_dir=self.run_dir, run_id=self.run_id, stage=name, worker=w,
+                                   options=options, device=device,
+                                   resume_from=self.ckpt if name == "trainer" else None)
+                out.append((name, ctx, placement, restartable))
+        return out
+
+    def _start_workers(self) -> None:
+        for name, ctx, placement, restartable in self._contexts():
+            if self.use_ray:
+                ref = self._actor(name, ctx, placement, restartable)
+            else:
+                ctx.sink = self.metrics.local_sink()
+                ref = threading.Thread(target=self._thread, args=(name, ctx), name=ctx.source, daemon=True)
+                ref.start()
+            self._workers.append((ctx.source, ref))
+            if name == "trainer":
+                self._trainer = ref
+
+    def _actor(self, name: str, ctx: StageContext, placement: Any, restartable: bool) -> Any:
+        import ray
+
+        retries = self.recipe.pipeline.max_restarts if restartable else 0
+        cls = ray.remote(StageActor).options(
+            num_cpus=placement.num_cpus, num_gpus=placement.num_gpus,
+            resources=placement.resources or None, max_restarts=retries, max_task_retries=retries,
+            name=f"{self.run_id}:{ctx.source}")
+        actor = cls.remote(name, ctx, self.metrics.sink_factory())
+        self.actors = getattr(self, "actors", {})
+        self.actors[ctx.source] = actor
+        return actor.run.remote()
+
+    def _thread(self, name: str, ctx: StageContext) -> None:
+        try:
+            StageLoop(name, ctx).run()
+        except BaseException as e:  # reported through errors(); the loop already told control
+            self._thread_errors.append(f"{ctx.source}: {format_error(e)}")
+            self.control.fail(f"{ctx.source}: {format_error(e)}")
+
+    # ------------------------------------------------------------------ watch
+    def finished(self) -> bool:
+        if self.use_ray:
+            import ray
+
+            done, _ = ray.wait([self._trainer], timeout=0)
+            if done:
+                self._collect(done[0])
+            return bool(done) or bool(self.control.errors())
+        return not self._trainer.is_alive() or bool(self.control.errors())
+
+    def _collect(self, ref: Any) -> None:
+        import ray
+
+        try:
+            ray.get(ref)
+        except Exception as e:  # the trainer died: that ends the run
+            self._thread_errors.append(f"trainer: {format_error(e)}")
+
+    def errors(self) -> list[str]:
+        return list(dict.fromkeys(self.control.errors() + self._thread_errors))
+
+    def emit(self, event: MetricEvent) -> None:
+        self.metrics.emit(event)
+
+    # ------------------------------------------------------------------ down
+    def __exit__(self, *exc: Any) -> None:
+        control = getattr(self, "control", None)
+        if control is not None:
+            control.stop()
+            self._join_workers(timeout=30.0)
+            control.close_out("run_ended: the run finished before this sample was trained")
+            control.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
+        store = getattr(self, "store", None)
+        if store is not None:
+            getattr(store, "shutdown", store.close)()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+
+    def _join_workers(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        if self.use_ray:
+            import ray
+
+            refs = [ref for _, ref in self._workers]
+            ray.wait(refs, num_returns=len(refs), timeout=max(0.0, deadline - time.time()))
+            for ref in refs:
+                try:
+                    ray.get(ref, timeout=0)
+                except Exception:  # noqa: BLE001 - errors were reported through control
+                    pass
+            return
+        for _, thread in self._workers:
+            thread.join(max(0.0, deadline - time.time()))

@@ -1,0 +1,110 @@
+"""Reward worker: score media in batches across groups, then write group advantages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from unirl_stream.api import FieldSpec, RewardError, SampleOutcome, StepResult, prompt_of_group, split_sample_id
+from unirl_stream.stages.base import StageBase, StageContext
+
+REWARD_TASK = "reward"  # requires: media
+ADVANTAGE_TASK = "advantage"  # by group, requires: reward
+
+
+class RewardStage(StageBase):
+    """Two small jobs in one worker, each a claim on the store:
+
+    1. ``reward``: claim up to ``reward_batch`` samples that have ``media`` (from any
+       groups), score them with the recipe's weighted rewards, write ``reward`` and
+       ``reward_ok``. A NaN/inf score either fails the run naming the sample
+       (``on_nan = "fail"``) or drops the sample (``"drop"``: ledger row now, ``reward_ok=0``
+       so its group still completes and the trainer skips it).
+    2. ``advantage``: claim whole groups whose members all have ``reward`` and write
+       ``advantage`` (z-scored within the group over valid members).
+    """
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        from unirl_stream.algorithms.advantages import AdvantageNormalizer
+        from unirl_stream.rewards.combine import RewardSet
+
+        self.rewards = RewardSet.from_specs(self.recipe.reward)
+        self.on_nan = {spec.name: spec.on_nan for spec in self.recipe.reward}
+        self.advantages = AdvantageNormalizer(self.recipe.algorithm)
+        # Overwritable: a worker that dies between its write and its ack is replaced by one
+        # that scores the same samples again (same media, same score).
+        self.store.declare([FieldSpec("reward", "float32", (), True),
+                            FieldSpec("reward_ok", "uint8", (), True),
+                            FieldSpec("advantage", "float32", (), True)])
+        self.last_terms: dict[str, float] = {}
+        self.sync = self.recipe.pipeline.mode == "sync"
+
+    def step(self) -> StepResult:
+        if self.sync and not self.ctx.control.reward_open():
+            return StepResult()
+        scored, dropped = self._score()
+        groups = self._advantage()
+        return StepResult(processed=scored + groups, dropped=dropped, metrics=self.last_terms)
+
+    def _score(self) -> tuple[int, int]:
+        import torch
+
+        claim = self.store.claim(REWARD_TASK, self.recipe.pipeline.reward_batch)
+        if claim is None:
+            return 0, 0
+        ids = list(claim.ids)
+        media = self.store.get(ids, ["media"])["media"]
+        prompts = [self.ctx.prompts_by_id[prompt_of_group(split_sample_id(i)[0])] for i in ids]
+        result = self.rewards.score(ids, media, prompts)
+        bad = self._check(result.invalid)
+        ok = torch.tensor([0 if i in bad else 1 for i in ids], dtype=torch.uint8)
+        totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.total)], dtype=torch.float32)
+        self.store.put(ids, {"reward": totals, "reward_ok": ok})
+        self.store.ack(claim)
+        self.last_terms = {f"reward/{k}": float(sum(v) / max(len(v), 1)) for k, v in result.terms.items()}
+        if bad:
+            self._drop(ids, bad)
+        return len(ids), len(bad)
+
+    def _check(self, invalid: dict[str, tuple[str, Any]]) -> dict[str, str]:
+        """``invalid`` maps sample id -> (scorer, value). Fail loudly unless told to drop."""
+        bad: dict[str, str] = {}
+        for sid, (scorer, value) in invalid.items():
+            reason = f"reward {scorer} returned {value!r} for sample {sid}"
+            if self.on_nan.get(scorer, "fail") == "fail":
+                self.ctx.control.fail(reason + " (set on_nan = \"drop\" on that [[reward]] to drop such samples)")
+                raise RewardError(reason)
+            bad[sid] = reason
+        return bad
+
+    def _drop(self, ids: list[str], bad: dict[str, str]) -> None:
+        metas = dict(zip(ids, self.store.meta(ids)))
+        self.ctx.control.finalize([
+            SampleOutcome(run_id=self.ctx.run_id, source=self.ctx.source, t=time.time(),
+                          sample_id=sid, prompt_id=prompt_of_group(metas[sid].group),
+                          status="dropped", reason=reason,
+                          behavior_version=metas[sid].behavior_version)
+            for sid, reason in bad.items()
+        ])
+
+    def _advantage(self) -> int:
+        import torch
+
+        claim = self.store.claim(ADVANTAGE_TASK, max(1, self.recipe.pipeline.reward_batch // 4))
+        if claim is None:
+            return 0
+        ids = list(claim.ids)
+        td = self.store.get(ids, ["reward", "reward_ok"])
+        groups = [split_sample_id(i)[0] for i in ids]
+        adv = torch.zeros(len(ids), dtype=torch.float32)
+        start = 0
+        while start < len(ids):  # claims keep each group's members contiguous
+            end = start
+            while end < len(ids) and groups[end] == groups[start]:
+                end += 1
+            adv[start:end] = self.advantages(td["reward"][start:end], td["reward_ok"][start:end].bool())
+            start = end
+        self.store.put(ids, {"advantage": adv})
+        self.store.ack(claim)
+        return len(set(groups))
