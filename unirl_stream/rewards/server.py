@@ -1,0 +1,190 @@
+"""Remote reward service: any registered scorer over HTTP (``unirl-stream reward-serve``).
+
+Heavy reward models (CLIP-H, OCR, VLM judges) can live on other machines: this process
+loads one scorer (by plugin name, with its options) and serves
+
+- ``POST /score``: msgpack ``wire.ScoreRequest`` -> ``wire.ScoreReply`` (raw values,
+  NaN/None passed through so the client's reward set applies ``on_nan``), scored in
+  chunks of the scorer's ``batch_size`` exactly like an in-process ``RewardSet``;
+- ``GET /health``: JSON ``wire.Health``.
+
+Status codes: 400 bad request (client's fault, not retried), 422 the scorer rejected the
+input or broke its contract (not retried), 500 unexpected server error (retried).
+Requests are scored one at a time (models are not assumed thread-safe); the server binds
+127.0.0.1 unless told otherwise. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+
+from unirl_stream.api import RewardError, UnirlError, UserInputError
+from unirl_stream.rewards import wire
+from unirl_stream.rewards.config import RewardSpec
+
+log = logging.getLogger(__name__)
+MAX_BODY = 2 << 30  # 2 GiB: ~60 samples of 81 x 480 x 832 raw video frames
+
+
+class RewardServer:
+    """The service without its loop: tests run ``serve_forever`` in a thread."""
+
+    def __init__(self, reward: str, options: dict[str, Any], host: str = "127.0.0.1", port: int = 0) -> None:
+        from unirl_stream.rewards.combine import RewardSet
+
+        self.reward = reward
+        self.rewards = RewardSet.from_specs([RewardSpec(name=reward, options=options)], where="reward-serve")
+        self.scorer = self.rewards.scorers[0]
+        self.lock = threading.Lock()
+        self.served = 0
+        self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
+        self._encoder = msgspec.msgpack.Encoder()
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self.httpd.daemon_threads = True
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.httpd.server_address[0]}:{self.port}"
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.1)
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def health(self) -> bytes:
+        return msgspec.json.encode(
+            wire.Health("ok", self.reward, int(self.scorer.batch_size), str(self.scorer.device), self.served)
+        )
+
+    def score(self, body: bytes) -> tuple[int, bytes]:
+        """(HTTP status, msgpack reply) for one /score body."""
+        try:
+            req = self._decoder.decode(body)
+            media = wire.decode_media(req.media)
+            if media.shape[0] != len(req.prompts):
+                raise UserInputError(f"{media.shape[0]} media samples but {len(req.prompts)} prompts")
+        except (msgspec.ValidationError, msgspec.DecodeError, UserInputError) as e:
+            return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
+        t0 = time.perf_counter()
+        try:
+            with self.lock:
+                result = self.rewards.score([p.id for p in req.prompts], media, req.prompts)
+                self.served += len(req.prompts)
+        except UserInputError as e:
+            return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
+        except RewardError as e:
+            return 422, self._encoder.encode(wire.ErrorReply(str(e), "reward"))
+        except Exception as e:  # the client sees the server's message and retries
+            log.exception("reward %s failed", self.reward)
+            return 500, self._encoder.encode(wire.ErrorReply(f"{type(e).__name__}: {e}", "internal"))
+        name = self.rewards.names[0]
+        subs = {k.split("/", 1)[1]: v for k, v in result.sub_terms.items()}
+        reply = wire.ScoreReply(result.terms[name], subs, time.perf_counter() - t0)
+        return 200, self._encoder.encode(reply)
+
+
+def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.rstrip("/") == "/health":
+                self._send(200, server.health(), "application/json")
+            else:
+                self._send(404, b'{"error": "not found; endpoints: GET /health, POST /score"}', "application/json")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.rstrip("/") != "/score":
+                self._send(404, msgspec.msgpack.encode(wire.ErrorReply("not found: POST /score", "user")))
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_BODY:
+                self.close_connection = True
+                self._send(400, msgspec.msgpack.encode(wire.ErrorReply(f"bad Content-Length {length}", "user")))
+                return
+            status, reply = server.score(self.rfile.read(length))
+            self._send(status, reply)
+
+        def _send(self, status: int, body: bytes, ctype: str = wire.CONTENT_TYPE) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def serve(
+    reward: str,
+    options: dict[str, Any],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Load ``reward`` with ``options`` and serve it until interrupted (blocking).
+
+    ``port = 0`` picks a free port; ``ready(port)`` is called once the socket listens.
+    """
+    server = RewardServer(reward, options, host, port)
+    if ready is not None:
+        ready(server.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+def options_from_sets(items: list[str]) -> dict[str, Any]:
+    """``["model=/w/pick", "aggregate=min"]`` -> options dict (values parsed as TOML)."""
+    from unirl_stream.recipe import apply_overrides
+
+    options: dict[str, Any] = {}
+    apply_overrides(options, items)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unirl-stream reward-serve --reward NAME [--host H] [--port P] [--set k=v ...]``."""
+    ap = argparse.ArgumentParser(prog="unirl-stream reward-serve", description=__doc__.splitlines()[0])
+    ap.add_argument("--reward", required=True, help="reward plugin name (see `unirl-stream plugins`)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="scorer option, value parsed as TOML (repeatable), e.g. --set aggregate='\"min\"'")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def ready(port: int) -> None:
+        print(f"reward-serve: {args.reward} listening on http://{args.host}:{port}", flush=True)
+
+    try:
+        serve(args.reward, options_from_sets(args.set), args.host, args.port, ready)
+    except UnirlError as e:
+        print(f"reward-serve: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
