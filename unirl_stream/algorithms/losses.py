@@ -1,0 +1,92 @@
+"""GRPO objectives on per-step log-probs (api.Objective implementations).
+
+Shapes: ``new``, ``behavior``, ``proximal``, ``ref`` [B, K] (per scored step), ``advantages``
+[B]. Each (sample, step) is one term; the loss is their mean (so micro-batches and per-step
+chunks combine by weighting with their element counts).
+
+GRPO           r = exp(new - behavior);  L = -mean(min(r A, clip(r, 1-e, 1+e) A))
+DecoupledGRPO  (AReaL) r = exp(new - proximal), w = min(exp(proximal - behavior), cap)
+               (no gradient);  L = -mean(w * min(r A, clip(r, 1-e, 1+e) A)).
+               When behaviour = proximal, w = 1 and r is GRPO's ratio: the same loss.
+KL to reference (optional, coefficient beta): + beta * mean(exp(ref - new) - (ref - new) - 1),
+the k3 estimator on the per-step (element-averaged) log-probs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unirl_stream.algorithms.config import AlgorithmConfig
+from unirl_stream.api import LossStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def _surrogate(
+    new: torch.Tensor, anchor: torch.Tensor, adv: torch.Tensor, clip: float,
+    weight: torch.Tensor | None, ref: torch.Tensor | None, kl_coef: float,
+) -> tuple[torch.Tensor, LossStats]:
+    import torch
+
+    if new.shape != anchor.shape or adv.shape != new.shape[:1]:
+        raise ValueError(f"shapes: new {tuple(new.shape)}, old {tuple(anchor.shape)}, advantages {tuple(adv.shape)}")
+    a = adv.to(new.dtype)[:, None]
+    log_ratio = new - anchor.detach()
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * a
+    clipped = ratio.clamp(1.0 - clip, 1.0 + clip) * a
+    per = -torch.minimum(unclipped, clipped)
+    if weight is not None:
+        per = per * weight.detach()
+    loss = per.mean()
+    kl_val = 0.0
+    if ref is not None and kl_coef > 0:
+        d = ref.detach() - new
+        kl = (torch.exp(d) - d - 1.0).mean()
+        loss = loss + kl_coef * kl
+        kl_val = float(kl.detach())
+    with torch.no_grad():
+        stats = LossStats(
+            loss=float(loss.detach()),
+            clip_frac=float(((ratio - 1.0).abs() > clip).float().mean()),
+            approx_kl=float(0.5 * (log_ratio**2).mean()),
+            ratio_mean=float(ratio.mean()),
+            ratio_max=float(ratio.max()),
+            ratio_min=float(ratio.min()),
+            kl_ref=kl_val,
+        )
+    return loss, stats
+
+
+class GRPO:
+    """Clipped surrogate against the behaviour log-probs (what the sampler recorded)."""
+
+    def __init__(self, cfg: AlgorithmConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(
+        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor,
+        advantages: torch.Tensor, ref: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LossStats]:
+        return _surrogate(new, behavior, advantages, self.cfg.clip_range, None, ref, self.cfg.kl_coef)
+
+
+class DecoupledGRPO:
+    """AReaL's decoupled objective for stale samples: trust region around the proximal
+    policy (the trainer's weights before this batch's first update), off-policy correction by
+    the capped importance weight proximal / behaviour."""
+
+    def __init__(self, cfg: AlgorithmConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(
+        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor,
+        advantages: torch.Tensor, ref: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LossStats]:
+        import torch
+
+        w = torch.exp(proximal.detach() - behavior.detach())
+        if self.cfg.behavior_weight_cap is not None:
+            w = w.clamp(max=self.cfg.behavior_weight_cap)
+        return _surrogate(new, proximal, advantages, self.cfg.clip_range, w, ref, self.cfg.kl_coef)

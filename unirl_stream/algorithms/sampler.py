@@ -1,0 +1,161 @@
+"""The SDE sampler and its exact replay, independent of any particular model.
+
+The model enters as a ``VelocityFn``: ``velocity(expert, x, t, rows) -> v`` returns the
+guided velocity (classifier-free guidance already applied, fp32) of expert ``expert`` for
+latents ``x`` [n, C, T, H, W] (fp32) at per-row timesteps ``t`` [n] (fp32); ``rows`` [n] are
+the rows of the batch whose conditioning (prompt embeddings) applies. The Wan2.2 policy
+builds one per batch; tests can plug in anything.
+
+Rollout runs every step of the pinned schedule, routing step i to an expert by its timestep,
+takes an SDE step where the sample's selection says so (ODE elsewhere), and keeps only what
+replay needs: the latents at the scored steps' endpoints (fp32: exactly what the kernel and
+the model saw), the step indices, the expert of each scored step and the log-probs.
+
+Replay gathers, for every (sample, scored step), the stored input and output latents, runs the
+recorded expert at the recorded timestep, and scores the stored output under the kernel's
+Gaussian with the current weights. Same code path for the kernel and the log-density as at
+rollout, so with unchanged weights the log-probs agree to float rounding of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unirl_stream.algorithms.kernels import gaussian_log_prob, ode_step, sde_step
+from unirl_stream.algorithms.noise import gaussian
+from unirl_stream.algorithms.schedule import route, timestep_grid
+from unirl_stream.algorithms.selection import latent_positions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+VelocityFn = Callable[[int, "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    kernel: str  # "flow_sde" | "dance_sde"
+    eta: float
+    boundary_ratio: float | None
+    num_experts: int
+
+
+@dataclass
+class RolloutTensors:
+    """Batched rollout output; ``final`` is the last latent (decoded by the policy)."""
+
+    final: torch.Tensor  # [B, C, T, H, W] fp32
+    latents: torch.Tensor  # [B, M, C, T, H, W] fp32
+    latent_steps: torch.Tensor  # [B, M] int64, sorted; latents[b, m] is x at step latent_steps[b, m]
+    sde_steps: torch.Tensor  # [B, K] int64, sorted
+    experts: torch.Tensor  # [B, K] int64
+    log_probs: torch.Tensor  # [B, K] fp32
+    sigmas: torch.Tensor  # [B, N + 1] fp32
+    timesteps: torch.Tensor  # [B, N] fp32
+
+
+def sample(
+    velocity: VelocityFn,
+    spec: SamplerSpec,
+    seeds: Sequence[int],
+    steps: Sequence[Sequence[int]],
+    slots: int,
+    latent_shape: Sequence[int],
+    sigmas: Sequence[float],
+    device: torch.device | str = "cpu",
+) -> RolloutTensors:
+    """Sample one trajectory per seed; ``steps[b]`` are sample b's SDE steps (sorted, K each)."""
+    import torch
+
+    B, N, K = len(seeds), len(sigmas) - 1, len(steps[0])
+    if any(len(s) != K for s in steps):
+        raise ValueError("every sample of a batch must score the same number of steps")
+    sig = torch.tensor(list(sigmas), dtype=torch.float32, device=device)
+    ts = torch.tensor(timestep_grid(sigmas), dtype=torch.float32, device=device)
+    positions = [latent_positions(list(s), slots) for s in steps]
+    store = torch.empty(B, slots, *latent_shape, dtype=torch.float32, device=device)
+    log_probs = torch.zeros(B, K, dtype=torch.float32, device=device)
+    experts = torch.zeros(B, K, dtype=torch.int64, device=device)
+    rows = torch.arange(B, device=device)
+    x = gaussian(seeds, latent_shape, "init", device=device)
+    for i in range(N + 1):
+        for b, pos in enumerate(positions):
+            for m, p in enumerate(pos):
+                if p == i:
+                    store[b, m] = x[b]
+        if i == N:
+            break
+        e = route(float(ts[i]), spec.boundary_ratio, spec.num_experts)
+        v = velocity(e, x, ts[i].expand(B), rows)
+        s_i, s_n, s_max = sig[i].expand(B), sig[i + 1].expand(B), sig[min(1, N)].expand(B)
+        nxt = ode_step(x, v, s_i, s_n)
+        sde_rows = [b for b in range(B) if i in steps[b]]
+        if sde_rows:
+            idx = torch.tensor(sde_rows, device=device)
+            mean, std = sde_step(spec.kernel, x[idx], v[idx], s_i[idx], s_n[idx], s_max[idx], spec.eta)
+            eps = gaussian([seeds[b] for b in sde_rows], latent_shape, "step", i, device=device)
+            y = mean + std * eps
+            nxt[idx] = y
+            cols = torch.tensor([list(steps[b]).index(i) for b in sde_rows], device=device)
+            log_probs[idx, cols] = gaussian_log_prob(y, mean, std)
+            experts[idx, cols] = e
+        x = nxt
+    return RolloutTensors(
+        final=x,
+        latents=store,
+        latent_steps=torch.tensor(positions, dtype=torch.int64, device=device),
+        sde_steps=torch.tensor([list(s) for s in steps], dtype=torch.int64, device=device),
+        experts=experts,
+        log_probs=log_probs,
+        sigmas=sig.expand(B, -1).clone(),
+        timesteps=ts.expand(B, -1).clone(),
+    )
+
+
+def replay(
+    velocity: VelocityFn,
+    spec: SamplerSpec,
+    batch: Mapping[str, torch.Tensor],
+    columns: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Log-probs [B, len(columns)] of the recorded transitions under ``velocity`` (autograd on
+    if the caller's grad mode is). ``columns`` picks scored steps (default: all K)."""
+    import torch
+
+    latents, lsteps = batch["latents"], batch["latent_steps"]
+    steps, experts = batch["sde_steps"], batch["experts"]
+    sig, ts = batch["sigmas"], batch["timesteps"]
+    B, K = steps.shape
+    cols = list(range(K)) if columns is None else list(columns)
+    dev = latents.device
+    b = torch.arange(B, device=dev).repeat_interleave(len(cols))
+    j = torch.tensor(cols, device=dev, dtype=torch.int64).repeat(B)
+    s = steps[b, j]
+    slot_in = torch.searchsorted(lsteps[b].contiguous(), s[:, None]).squeeze(1)
+    slot_out = torch.searchsorted(lsteps[b].contiguous(), (s + 1)[:, None]).squeeze(1)
+    _check_slots(lsteps, b, s, slot_in, slot_out)
+    x, y = latents[b, slot_in], latents[b, slot_out]
+    e = experts[b, j]
+    out = torch.zeros(b.numel(), dtype=torch.float32, device=dev)
+    for ex in sorted(set(e.tolist())):
+        sel = (e == ex).nonzero().squeeze(1)
+        bs, ss = b[sel], s[sel]
+        v = velocity(ex, x[sel], ts[bs, ss], bs)
+        mean, std = sde_step(spec.kernel, x[sel], v, sig[bs, ss], sig[bs, ss + 1], sig[bs, 1], spec.eta)
+        out = out.index_put((sel,), gaussian_log_prob(y[sel], mean, std))
+    return out.view(B, len(cols))
+
+
+def _check_slots(lsteps: torch.Tensor, b: torch.Tensor, s: torch.Tensor,
+                 slot_in: torch.Tensor, slot_out: torch.Tensor) -> None:
+    M = lsteps.shape[1]
+    ok_in = (slot_in < M) & (lsteps[b, slot_in.clamp(max=M - 1)] == s)
+    ok_out = (slot_out < M) & (lsteps[b, slot_out.clamp(max=M - 1)] == s + 1)
+    if not bool((ok_in & ok_out).all()):
+        bad = int((~(ok_in & ok_out)).nonzero()[0, 0])
+        raise ValueError(
+            f"trajectory row {int(b[bad])} lacks the latents of its scored step {int(s[bad])} "
+            f"(latent_steps {lsteps[b[bad]].tolist()}): the record is corrupt or truncated"
+        )

@@ -1,0 +1,126 @@
+"""One trainer step on a batch of trajectories: N clipped updates with micro-batching.
+
+``train_on_batch`` is what the pipeline's trainer stage (and the reference loop) call:
+
+1. proximal log-probs (current weights, no grad) once for the whole batch, and reference
+   log-probs (adapters disabled) once if ``kl_coef > 0`` — fixed for all updates;
+2. ``updates_per_batch`` optimizer steps; each accumulates gradients over micro-batches of
+   ``micro_batch`` samples and, when the policy supports it, over one scored step at a time
+   (the loss is a mean over (sample, step) terms, so each chunk's loss is weighted by its
+   share of the terms: the summed gradient equals the full-batch gradient, while only one
+   step's activations are alive at a time, as DanceGRPO does);
+3. gradient clipping to ``max_grad_norm``; ``policy.version`` += 1 per optimizer step
+   (policy version = optimizer steps applied; MixGRPO's window and staleness count these).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from unirl_stream.algorithms.config import AlgorithmConfig
+from unirl_stream.api import LossStats, Objective, Policy, Prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from tensordict import TensorDict
+
+
+def _accepts_columns(policy: Policy) -> bool:
+    try:
+        return "columns" in inspect.signature(policy.logprobs).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def batch_logprobs(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
+                   micro_batch: int, ref: bool = False) -> torch.Tensor:
+    """Log-probs [B, K] of the whole batch without gradients, micro-batch by micro-batch."""
+    import torch
+
+    fn = policy.ref_logprobs if ref else policy.logprobs
+    out = []
+    with torch.no_grad():
+        for rows in _chunks(len(prompts), micro_batch):
+            out.append(fn([prompts[i] for i in rows], batch[rows]).detach().float())
+    return torch.cat(out)
+
+
+def _merge(parts: list[tuple[float, LossStats]], grad_norm: float) -> LossStats:
+    def avg(name: str) -> float:
+        return sum(w * getattr(s, name) for w, s in parts)
+
+    return LossStats(
+        loss=avg("loss"), clip_frac=avg("clip_frac"), approx_kl=avg("approx_kl"),
+        ratio_mean=avg("ratio_mean"), ratio_max=max(s.ratio_max for _, s in parts),
+        ratio_min=min(s.ratio_min for _, s in parts), kl_ref=avg("kl_ref"), grad_norm=grad_norm,
+    )
+
+
+def train_on_batch(
+    policy: Policy,
+    objective: Objective,
+    optimizer: Any,
+    prompts: Sequence[Prompt],
+    batch: TensorDict,
+    cfg: AlgorithmConfig,
+    *,
+    per_step: bool = True,
+    bump_version: bool = True,
+) -> list[LossStats]:
+    """Run ``cfg.updates_per_batch`` updates on ``batch`` (fields: the policy's replay fields,
+    ``log_probs`` = behaviour [B, K], ``advantage`` [B]). Returns one LossStats per update."""
+    import torch
+
+    if "advantage" not in batch.keys():
+        raise ValueError("train_on_batch: the batch has no 'advantage' field")
+    B, K = batch["log_probs"].shape
+    if len(prompts) != B:
+        raise ValueError(f"train_on_batch: {len(prompts)} prompts for {B} trajectories")
+    behavior = batch["log_probs"].float()
+    adv = batch["advantage"].float().flatten()
+    proximal = batch_logprobs(policy, prompts, batch, cfg.micro_batch)
+    ref = batch_logprobs(policy, prompts, batch, cfg.micro_batch, ref=True) if cfg.kl_coef > 0 else None
+    params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    col_chunks = [[j] for j in range(K)] if per_step and _accepts_columns(policy) else [list(range(K))]
+    history = []
+    for update in range(cfg.updates_per_batch):
+        optimizer.zero_grad(set_to_none=True)
+        parts: list[tuple[float, LossStats]] = []
+        for rows in _chunks(B, cfg.micro_batch):
+            mb_prompts, mb = [prompts[i] for i in rows], batch[rows]
+            for cols in col_chunks:
+                kw = {"columns": cols} if len(col_chunks) > 1 else {}
+                new = policy.logprobs(mb_prompts, mb, **kw)
+                r = torch.tensor(rows)
+                loss, stats = objective(
+                    new, behavior[r][:, cols], proximal[r][:, cols], adv[r],
+                    None if ref is None else ref[r][:, cols],
+                )
+                if not math.isfinite(stats.loss):
+                    raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
+                w = len(rows) * len(cols) / (B * K)
+                (loss * w).backward()
+                parts.append((w, stats))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        optimizer.step()
+        if bump_version:
+            policy.version += 1
+        history.append(_merge(parts, grad_norm))
+    return history
+
+
+def make_optimizer(policy: Policy, cfg: AlgorithmConfig) -> Any:
+    """AdamW over the policy's trainable parameters with the recipe's settings."""
+    import torch
+
+    params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters (is LoRA enabled?)")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
