@@ -7,11 +7,27 @@ returned object is a picklable handle whose ``shutdown()`` stops what the launch
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from unirl_stream.api import SampleStore
     from unirl_stream.storage.config import StoreConfig
+
+
+# Mooncake reads these when its library loads, which can happen early (TransferQueue imports
+# it), so they are set when this package is imported; an explicit environment value wins.
+MOONCAKE_ENV = {
+    # Fail fast on an unreachable master (the library otherwise retries for ~90 s).
+    "MC_STORE_CLIENT_SETUP_RETRIES": "1",
+    # A master RPC that hangs (e.g. a peer that accepts TCP but is no mooncake_master)
+    # fails after 10 s instead of 30 s. Payload transfers are not RPCs.
+    "MC_RPC_TIMEOUT_MS": "10000",
+    # Keep Mooncake's glog INFO lines (several per client) out of our logs.
+    "GLOG_minloglevel": "1",
+}
+for _key, _value in MOONCAKE_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 def open_store(cfg: StoreConfig, *, use_ray: bool) -> SampleStore:

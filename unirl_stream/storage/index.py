@@ -356,12 +356,13 @@ class SampleIndex:
 
     def _give_back(self, lease: _Lease, ids: Sequence[str]) -> None:
         t = self._tasks[lease.task]
-        for sid in ids:
+        # Released samples are the oldest: the front of the queue keeps staleness low.
+        # Reversed, so that pushing each to the front keeps their claim order.
+        for sid in reversed(ids):
             del lease.ids[sid]
             s = self._samples[sid]
             del s.leased[lease.task]
             t.leased -= 1
-            # Released samples are the oldest: front of the queue keeps staleness low.
             self._enter(sid, s, lease.task, t, front=True)
 
     def _claim_ids(self, claim: Claim, ids: Sequence[str] | None) -> list[str]:

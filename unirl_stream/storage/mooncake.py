@@ -111,15 +111,21 @@ class MooncakePlane(Plane):
         ptrs: list[int] = []
         sizes: list[int] = []
         who: list[tuple[str, str]] = []
+        repeats: list[tuple[torch.Tensor, int, int]] = []  # (rows, dst, src)
         for name, infos, locs in columns_of(fields, located):
             info = codec.common_info(name, ids, infos)
             col = out[name] = codec.empty_column(info, len(ids))
             if not info.nbytes:
                 continue
-            base = codec.rows(col).data_ptr()
+            col_rows = codec.rows(col)
+            first: dict[str, int] = {}
             for i, (sid, key) in enumerate(zip(ids, locs, strict=True)):
+                if key in first:  # a batch must not name a key twice (the copies go wrong)
+                    repeats.append((col_rows, i, first[key]))
+                    continue
+                first[key] = i
                 keys.append(key)
-                ptrs.append(base + i * info.nbytes)
+                ptrs.append(col_rows[i].data_ptr())
                 sizes.append(info.nbytes)
                 who.append((sid, name))
         if keys:
@@ -131,6 +137,8 @@ class MooncakePlane(Plane):
                         f"get of sample {sid!r}: Mooncake returned {rc} for field {name!r} "
                         f"(key {key!r}, expected {size} bytes){_HINTS.get(rc, '')}"
                     )
+        for col_rows, dst, src in repeats:
+            col_rows[dst].copy_(col_rows[src])
         return out
 
     def free(self, locs: list[Any]) -> None:

@@ -28,13 +28,10 @@ import msgspec
 
 from unirl_stream.api import StoreError
 
-# Fail fast on an unreachable master (the library otherwise retries for ~90 s), and keep
-# Mooncake's INFO logging (glog, several lines per client) out of our logs.
-os.environ.setdefault("MC_STORE_CLIENT_SETUP_RETRIES", "1")
-os.environ.setdefault("GLOG_minloglevel", "1")
-# A master RPC (metadata only; payload transfers are not RPCs) that hangs -- e.g. a peer that
-# accepts TCP but is no mooncake_master -- fails after 10 s instead of the library's 30 s.
-os.environ.setdefault("MC_RPC_TIMEOUT_MS", "10000")
+from unirl_stream.storage import MOONCAKE_ENV
+
+for _k, _v in MOONCAKE_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 
 class ClientSettings(msgspec.Struct, frozen=True):
