@@ -1,0 +1,88 @@
+"""LoRA adapters on the Wan2.2 experts (peft through diffusers' ``add_adapter``).
+
+Experts are named ``high`` (``transformer``, t >= boundary) and ``low`` (``transformer_2``).
+Exported weights are one safetensors blob holding every trained expert's peft state dict with
+keys prefixed ``<expert>.`` (diffusers' ``save_lora_weights`` only saves the first expert;
+FACTS.md). Adapter weights are kept in fp32 even under a bf16 model: AdamW updates of size
+lr * 1 on bf16 weights would round away (peft casts the input to the adapter's dtype).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from unirl_stream.algorithms.noise import derive_seed
+from unirl_stream.models.config import LoraConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+EXPERT_NAMES = ("high", "low")
+ADAPTER = "default"
+
+
+def add_lora(model: Any, cfg: LoraConfig, seed: int, expert: str) -> None:
+    """Add a LoRA adapter; its random init (A; B starts at 0) is seeded so every process that
+    builds the policy from the same recipe starts from identical weights."""
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules), init_lora_weights=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("lora", seed, expert) % (2**32))
+        model.add_adapter(peft_cfg, adapter_name=ADAPTER)
+    n = 0
+    for name, p in model.named_parameters():
+        is_lora = "lora_" in name
+        p.requires_grad_(is_lora)
+        if is_lora:
+            p.data = p.data.float()
+            n += 1
+    if n == 0:
+        raise ValueError(
+            f"model.lora.target_modules {cfg.target_modules} matched no module of the {expert} "
+            f"expert (Wan attention projections are named to_q, to_k, to_v, to_out.0)"
+        )
+
+
+def lora_parameters(model: Any) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def export_lora(experts: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """Safetensors bytes of the adapters of ``experts`` (name -> model), keys ``name.<key>``."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save
+
+    tensors = {}
+    for name, model in experts.items():
+        for key, t in get_peft_model_state_dict(model, adapter_name=ADAPTER).items():
+            tensors[f"{name}.{key}"] = t.detach().to("cpu").contiguous()
+    return save(tensors, metadata={"format": "pt", **(metadata or {})})
+
+
+def import_lora(blob: bytes, experts: dict[str, Any]) -> None:
+    """Load a blob from ``export_lora`` into the same experts; every key must match."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    by_expert: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        name, _, rest = key.partition(".")
+        if name not in experts:
+            raise ValueError(f"weights blob holds expert {name!r}; this policy trains {sorted(experts)}")
+        by_expert.setdefault(name, {})[rest] = t
+    for name, model in experts.items():
+        sd = by_expert.get(name, {})
+        expected = set(get_peft_model_state_dict(model, adapter_name=ADAPTER))
+        if set(sd) != expected:
+            gap = sorted(expected ^ set(sd))[:3]
+            raise ValueError(f"weights blob does not match the {name} expert's adapter (e.g. {gap})")
+        result = set_peft_model_state_dict(model, sd, adapter_name=ADAPTER)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"weights blob: unexpected keys for {name}: {unexpected[:3]}")
