@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from rich.columns import Columns
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
@@ -47,9 +47,9 @@ def sparkline(values: list[float], width: int = 40) -> str:
 
 
 def _stages(s: Snapshot) -> Table:
-    t = Table(title="stages", title_justify="left", expand=True, pad_edge=False)
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
     for col in ("stage", "workers", "samples/s", "processed", "queue", "idle", "dropped"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+        t.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for st in s.stages:
         workers = f"{st.workers_alive}/{st.workers_expected}" if st.workers_expected else str(
             st.workers_alive
@@ -63,82 +63,56 @@ def _stages(s: Snapshot) -> Table:
 
 
 def _histogram(hist: list[int], eta: int) -> Text:
-    text = Text()
+    text = Text("histogram ")
     top = max(hist) if hist and max(hist) > 0 else 1
     for i, n in enumerate(hist):
         label = str(i) if i <= eta else f">{eta}"
         bar = BARS[min(8, 1 + int(n / top * 7))] if n else ""
         text.append(f"{label}:", style="dim")
-        text.append(f"{bar}{n}  ", style="red" if i > eta and n else "")
+        text.append(f"{bar}{n} ", style="bold red" if i > eta and n else "")
     return text
 
 
-def _staleness(s: Snapshot) -> Table:
-    st = s.staleness
+def _sections(s: Snapshot) -> Table:
+    """Staleness, learning, store and bus as labelled lines: fits 80x24 terminals."""
+    st, ln, sv, b = s.staleness, s.learning, s.store, s.bus
     t = Table.grid(padding=(0, 1))
-    t.add_column(style="bold")
+    t.add_column(style="bold cyan", no_wrap=True)
     t.add_column()
-    t.add_row("policy version", str(st.policy_version))
-    t.add_row("staleness", f"mean {st.mean:.2f}  max {st.max}  last {st.last_mean:.2f}  (eta {st.eta}, n {st.count})")
-    t.add_row("histogram", _histogram(st.histogram, st.eta))
-    drops = "  ".join(f"{escape(k)} {v}" for k, v in sorted(st.drops.items())) or "0"
-    t.add_row("drops", drops)
-    held = "  ".join(
-        f"{escape(k)} v{v} (lag {max(0, st.policy_version - v)})" for k, v in st.producer_versions.items()
+    t.add_row("staleness", f"policy version {st.policy_version} · mean {st.mean:.2f} · "
+              f"max {st.max} · last {st.last_mean:.2f} · eta {st.eta} · n {st.count}")
+    drops = " ".join(f"{escape(k)} {v}" for k, v in sorted(st.drops.items())) or "0"
+    t.add_row("", _histogram(st.histogram, st.eta).append(f"· drops {drops}"))
+    held = " ".join(
+        f"{escape(k)} v{v} (lag {max(0, st.policy_version - v)})"
+        for k, v in st.producer_versions.items()
     ) or "n/a"
-    t.add_row("producers hold", held)
-    return t
-
-
-def _learning(s: Snapshot) -> Table:
-    ln = s.learning
-    t = Table.grid(padding=(0, 1))
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("step", f"{ln.step}  ({ln.samples} samples trained)")
-    t.add_row("reward", f"{ln.reward_mean:.4f} ± {ln.reward_std:.4f}")
-    for name, v in sorted(ln.reward_terms.items()):
-        t.add_row(f"  {escape(name)}", f"{v:.4f}")
-    t.add_row("loss", f"{ln.loss:.4g}")
-    t.add_row("clip frac", f"{ln.clip_frac:.3f}")
-    t.add_row("approx kl", f"{ln.approx_kl:.3g}")
-    t.add_row("grad norm", f"{ln.grad_norm:.3g}")
-    return t
-
-
-def _store(s: Snapshot) -> Table:
-    sv = s.store
-    t = Table.grid(padding=(0, 1))
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_row("", f"producers hold {held}")
+    t.add_row("learning", f"step {ln.step} · {ln.samples} trained · "
+              f"reward {ln.reward_mean:.4f} ± {ln.reward_std:.4f}")
+    if ln.reward_terms:
+        terms = " · ".join(f"{escape(k)} {v:.4f}" for k, v in sorted(ln.reward_terms.items()))
+        t.add_row("", f"terms {terms}")
+    t.add_row("", f"loss {ln.loss:.4g} · clip frac {ln.clip_frac:.3f} · "
+              f"approx kl {ln.approx_kl:.3g} · grad norm {ln.grad_norm:.3g}")
     pct = f" ({sv.bytes_used / sv.budget_bytes:.0%})" if sv.budget_bytes else ""
-    t.add_row("used", f"{fmt_bytes(sv.bytes_used)} / {fmt_bytes(sv.budget_bytes)}{pct}")
-    t.add_row("samples", f"{sv.samples}  (deleted {sv.deleted_total})")
-    t.add_row("put / get", f"{sv.put_mb_s:.2f} / {sv.get_mb_s:.2f} MB/s")
-    for task, ts in sorted(sv.tasks.items()):
-        t.add_row(f"  task {escape(task)}", f"ready {ts.ready}  leased {ts.leased}  done {ts.consumed}")
-    b = s.bus
-    t.add_row(
-        "bus",
-        f"events {b.events}  pub drops {b.pub_dropped}  sender drops {b.sender_dropped}  "
-        f"subscribers {b.subscribers}",
-    )
+    t.add_row("store", f"used {fmt_bytes(sv.bytes_used)} / {fmt_bytes(sv.budget_bytes)}{pct} · "
+              f"{sv.samples} samples · deleted {sv.deleted_total}")
+    tasks = " · ".join(f"{escape(k)} {v.ready}/{v.leased}/{v.consumed}"
+                       for k, v in sorted(sv.tasks.items()))
+    t.add_row("", f"put / get {sv.put_mb_s:.2f} / {sv.get_mb_s:.2f} MB/s"
+              + (f" · tasks ready/leased/done {tasks}" if tasks else ""))
+    t.add_row("bus", f"events {b.events} · pub drops {b.pub_dropped} · "
+              f"sender drops {b.sender_dropped} · subscribers {b.subscribers}")
     return t
 
 
 def render(s: Snapshot, title: str | None = None) -> RenderableType:
     state = "finished" if s.finished else "running"
-    head = title or f"unirl-stream · run {escape(s.run_id)} · {state} · {s.uptime_s:.0f}s · #{s.seq}"
-    boxes = Columns(
-        [
-            Panel(_staleness(s), title="staleness", title_align="left"),
-            Panel(_learning(s), title="learning", title_align="left"),
-            Panel(_store(s), title="store", title_align="left"),
-        ],
-        equal=False,
-        expand=False,
+    head = title or (
+        f"unirl-stream · run {escape(s.run_id)} · {state} · {s.uptime_s:.0f}s · #{s.seq}"
     )
-    return Panel(Group(_stages(s), boxes), title=head, title_align="left")
+    return Panel(Group(_stages(s), _sections(s)), title=head, title_align="left", expand=False)
 
 
 def plain_line(s: Snapshot) -> str:

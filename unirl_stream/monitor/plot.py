@@ -38,7 +38,7 @@ def draw(hist: History, out: Path, title: str = "") -> None:
         mean, std = hist.series("reward_mean"), hist.series("reward_std")
         ax_r.plot(times, mean, label="reward mean", color="C0")
         ax_r.fill_between(
-            times, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+            times, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)],
             color="C0", alpha=0.2, label="± std",
         )
         for term in sorted({k for r in hist.train for k in r.get("reward_terms", {})}):

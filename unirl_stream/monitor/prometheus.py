@@ -9,11 +9,94 @@ otherwise; port 0 picks a free port (see ``.port``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from unirl_stream.monitor.aggregator import MonitorSink
 from unirl_stream.monitor.snapshot import Snapshot
+
+
+def _gauge(run_id: str, name: str, doc: str, value: float) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    g = GaugeMetricFamily(f"unirl_{name}", doc, labels=["run_id"])
+    g.add_metric([run_id], value)
+    return g
+
+
+def _labelled(run_id: str, counter: bool, name: str, doc: str, label: str,
+              items: Mapping[str, float]) -> Any:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    m = (CounterMetricFamily if counter else GaugeMetricFamily)(
+        f"unirl_{name}", doc, labels=["run_id", label]
+    )
+    for k, v in items.items():
+        m.add_metric([run_id, k], v)
+    return m
+
+
+def _stage_families(s: Snapshot) -> Iterator[Any]:
+    rid, per = s.run_id, {st.name: st for st in s.stages}
+    yield _labelled(rid, False, "stage_workers_alive", "Workers that ticked recently", "stage",
+                    {k: v.workers_alive for k, v in per.items()})
+    yield _labelled(rid, False, "stage_samples_per_second", "Windowed throughput", "stage",
+                    {k: v.samples_per_s for k, v in per.items()})
+    yield _labelled(rid, False, "stage_queue_depth", "Samples ready for the stage", "stage",
+                    {k: v.queue_depth for k, v in per.items()})
+    yield _labelled(rid, False, "stage_idle_fraction", "Idle share of worker time", "stage",
+                    {k: v.idle_frac for k, v in per.items()})
+    yield _labelled(rid, True, "stage_processed", "Samples processed", "stage",
+                    {k: v.processed for k, v in per.items()})
+    yield _labelled(rid, True, "stage_dropped", "Samples dropped by the stage", "stage",
+                    {k: v.dropped for k, v in per.items()})
+
+
+def _staleness_families(s: Snapshot) -> Iterator[Any]:
+    from prometheus_client.core import HistogramMetricFamily
+
+    rid, st = s.run_id, s.staleness
+    yield _gauge(rid, "policy_version", "Trainer's current policy version", st.policy_version)
+    yield _staleness_histogram(HistogramMetricFamily, s)
+    yield _gauge(rid, "staleness_mean", "Mean staleness of consumed samples", st.mean)
+    yield _gauge(rid, "staleness_max", "Max staleness of consumed samples", st.max)
+    yield _labelled(rid, True, "dropped_samples", "Dropped samples by reason", "reason",
+                    {k: float(v) for k, v in st.drops.items()})
+    yield _labelled(rid, False, "producer_policy_version", "Version a producer samples with",
+                    "worker", {k: float(v) for k, v in st.producer_versions.items()})
+
+
+def _learning_families(s: Snapshot) -> Iterator[Any]:
+    rid, ln = s.run_id, s.learning
+    yield _gauge(rid, "train_step", "Latest optimizer step", ln.step)
+    yield _labelled(rid, True, "trained_samples", "Samples trained on", "scope",
+                    {"all": ln.samples})
+    yield _gauge(rid, "reward_mean", "Batch reward mean", ln.reward_mean)
+    yield _gauge(rid, "reward_std", "Batch reward std", ln.reward_std)
+    yield _labelled(rid, False, "reward_term", "Reward sub-scores", "term", ln.reward_terms)
+    yield _gauge(rid, "loss", "Policy loss", ln.loss)
+    yield _gauge(rid, "clip_fraction", "Clipped ratio fraction", ln.clip_frac)
+    yield _gauge(rid, "approx_kl", "Approximate KL(behavior||new)", ln.approx_kl)
+    yield _gauge(rid, "grad_norm", "Gradient norm", ln.grad_norm)
+
+
+def _store_families(s: Snapshot) -> Iterator[Any]:
+    rid, sv, bus = s.run_id, s.store, s.bus
+    yield _gauge(rid, "store_bytes_used", "Store bytes used", sv.bytes_used)
+    yield _gauge(rid, "store_budget_bytes", "Store byte budget", sv.budget_bytes)
+    yield _gauge(rid, "store_samples", "Samples in the store", sv.samples)
+    yield _gauge(rid, "store_put_mb_per_second", "Store write MB/s", sv.put_mb_s)
+    yield _gauge(rid, "store_get_mb_per_second", "Store read MB/s", sv.get_mb_s)
+    yield _labelled(rid, False, "store_task_ready", "Samples ready per consumer task", "task",
+                    {k: v.ready for k, v in sv.tasks.items()})
+    yield _labelled(rid, False, "store_task_leased", "Samples leased per consumer task", "task",
+                    {k: v.leased for k, v in sv.tasks.items()})
+    yield _labelled(rid, True, "bus_events", "Metric events received", "scope",
+                    {"all": bus.events})
+    yield _labelled(rid, True, "bus_pub_dropped", "Snapshots dropped for full subscribers",
+                    "scope", {"all": bus.pub_dropped})
+    yield _labelled(rid, True, "bus_sender_dropped", "Events dropped by senders", "scope",
+                    {"all": bus.sender_dropped})
 
 
 class _Collector:
@@ -21,72 +104,11 @@ class _Collector:
         self.exporter = exporter
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        s = self.exporter.latest
-        rid = [s.run_id]
-
-        def gauge(name: str, doc: str, value: float, **labels: str) -> Any:
-            g = GaugeMetricFamily(f"unirl_{name}", doc, labels=["run_id", *labels])
-            g.add_metric(rid + list(labels.values()), value)
-            return g
-
-        def labelled(kind: Any, name: str, doc: str, label: str, items: dict[str, float]) -> Any:
-            m = kind(f"unirl_{name}", doc, labels=["run_id", label])
-            for k, v in items.items():
-                m.add_metric([s.run_id, k], v)
-            return m
-
-        G, C = GaugeMetricFamily, CounterMetricFamily
-        st, ln, sv, bus = s.staleness, s.learning, s.store, s.bus
-        per_stage = {st_.name: st_ for st_ in s.stages}
-        yield gauge("policy_version", "Trainer's current policy version", st.policy_version)
-        yield gauge("train_step", "Latest optimizer step", ln.step)
-        yield labelled(C, "trained_samples", "Samples trained on", "scope", {"all": ln.samples})
-        yield labelled(G, "stage_workers_alive", "Workers that ticked recently", "stage",
-                       {k: v.workers_alive for k, v in per_stage.items()})
-        yield labelled(G, "stage_samples_per_second", "Windowed throughput", "stage",
-                       {k: v.samples_per_s for k, v in per_stage.items()})
-        yield labelled(G, "stage_queue_depth", "Samples ready for the stage", "stage",
-                       {k: v.queue_depth for k, v in per_stage.items()})
-        yield labelled(G, "stage_idle_fraction", "Idle share of worker time", "stage",
-                       {k: v.idle_frac for k, v in per_stage.items()})
-        yield labelled(C, "stage_processed", "Samples processed", "stage",
-                       {k: v.processed for k, v in per_stage.items()})
-        yield labelled(C, "stage_dropped", "Samples dropped by the stage", "stage",
-                       {k: v.dropped for k, v in per_stage.items()})
-        yield _staleness_histogram(HistogramMetricFamily, s)
-        yield gauge("staleness_mean", "Mean staleness of consumed samples", st.mean)
-        yield gauge("staleness_max", "Max staleness of consumed samples", st.max)
-        yield labelled(C, "dropped_samples", "Dropped samples by reason", "reason",
-                       {k: float(v) for k, v in st.drops.items()})
-        yield labelled(G, "producer_policy_version", "Version a producer samples with",
-                       "worker", {k: float(v) for k, v in st.producer_versions.items()})
-        yield gauge("reward_mean", "Batch reward mean", ln.reward_mean)
-        yield gauge("reward_std", "Batch reward std", ln.reward_std)
-        yield labelled(G, "reward_term", "Reward sub-scores", "term", dict(ln.reward_terms))
-        yield gauge("loss", "Policy loss", ln.loss)
-        yield gauge("clip_fraction", "Clipped ratio fraction", ln.clip_frac)
-        yield gauge("approx_kl", "Approximate KL(behavior||new)", ln.approx_kl)
-        yield gauge("grad_norm", "Gradient norm", ln.grad_norm)
-        yield gauge("store_bytes_used", "Store bytes used", sv.bytes_used)
-        yield gauge("store_budget_bytes", "Store byte budget", sv.budget_bytes)
-        yield gauge("store_samples", "Samples in the store", sv.samples)
-        yield gauge("store_put_mb_per_second", "Store write MB/s", sv.put_mb_s)
-        yield gauge("store_get_mb_per_second", "Store read MB/s", sv.get_mb_s)
-        yield labelled(G, "store_task_ready", "Samples ready per consumer task", "task",
-                       {k: v.ready for k, v in sv.tasks.items()})
-        yield labelled(G, "store_task_leased", "Samples leased per consumer task", "task",
-                       {k: v.leased for k, v in sv.tasks.items()})
-        yield labelled(C, "bus_events", "Metric events received", "scope", {"all": bus.events})
-        yield labelled(C, "bus_pub_dropped", "Snapshots dropped for full subscribers",
-                       "scope", {"all": bus.pub_dropped})
-        yield labelled(C, "bus_sender_dropped", "Events dropped by senders", "scope",
-                       {"all": bus.sender_dropped})
+        s = self.exporter.latest  # one snapshot for the whole scrape
+        yield from _stage_families(s)
+        yield from _staleness_families(s)
+        yield from _learning_families(s)
+        yield from _store_families(s)
 
 
 def _staleness_histogram(kind: Any, s: Snapshot) -> Any:

@@ -143,7 +143,7 @@ def _follow_panel(sub: Subscriber, snap: Snapshot, console: Console, idle_s: flo
         while not snap.finished:
             nxt = sub.recv(idle_s)
             if nxt is None:
-                console.print("[yellow]no snapshot for %.0fs: the run stopped publishing[/]" % idle_s)
+                console.print(f"[yellow]no snapshot for {idle_s:.0f}s: the run stopped publishing[/]")
                 return
             snap = nxt
             live.update(render(snap), refresh=True)
