@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
 import storage_actors
 from storage_actors import BACKENDS
+
 from unirl_stream.storage import open_store
 from unirl_stream.storage.config import StoreConfig
 

@@ -12,10 +12,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import torch
-
 import storage_actors
+import torch
 from storage_actors import RAY_BACKENDS, new_worker
+
 from unirl_stream.api import SampleMeta, StoreError
 
 GROUPS, GROUP_SIZE = 6, 4  # per writer

@@ -23,9 +23,8 @@ import itertools
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from unirl_stream.api import (
@@ -36,53 +35,25 @@ from unirl_stream.api import (
     StoreFullError,
     StoreStats,
     TaskStats,
-    split_sample_id,
 )
-from unirl_stream.storage.codec import FieldInfo, describe_ids, dtype_name
-from unirl_stream.storage.index_checks import check_batch, norm_spec
-
-
-@dataclass(slots=True)
-class _Field:
-    info: FieldInfo
-    loc: Any
-
-
-@dataclass(slots=True)
-class _Sample:
-    meta: SampleMeta
-    order: int  # k of "<group>::sample:<k>" (members of a group claim are ordered by it)
-    fields: dict[str, _Field] = field(default_factory=dict)
-    nbytes: int = 0
-    leased: dict[str, str] = field(default_factory=dict)  # task -> claim id
-    done: set[str] = field(default_factory=set)  # tasks that acked it
-
-
-@dataclass(slots=True)
-class _Task:
-    requires: frozenset[str]
-    by_group: bool
-    ready: OrderedDict[str, None] = field(default_factory=OrderedDict)  # sample or group ids
-    members: dict[str, dict[str, None]] = field(default_factory=dict)  # group -> eligible ids
-    ready_samples: int = 0  # by_group: samples in ready groups
-    leased: int = 0
-    consumed: int = 0
-
-
-@dataclass(slots=True)
-class _Lease:
-    task: str
-    ids: dict[str, None]  # still leased (not acked, released, deleted)
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Reservation:
-    ids: tuple[str, ...]
-    infos: dict[str, FieldInfo]
-    metas: list[SampleMeta | None]
-    nbytes: int
-    expires: float  # time.monotonic(); a writer that died never commits
+from unirl_stream.storage.codec import FieldInfo, describe_ids
+from unirl_stream.storage.index_checks import (
+    check_batch,
+    check_fits,
+    claim_ids,
+    norm_spec,
+    overwritten_bytes,
+)
+from unirl_stream.storage.index_state import (
+    FieldEntry,
+    Lease,
+    Reservation,
+    Sample,
+    Task,
+    enter,
+    leave,
+    order_of,
+)
 
 
 class SampleIndex:
@@ -103,11 +74,11 @@ class SampleIndex:
         self._uid = uuid.uuid4().hex[:8]
         self._seq = itertools.count(1)
         self._specs: dict[str, FieldSpec] = {}
-        self._samples: dict[str, _Sample] = {}
-        self._tasks: dict[str, _Task] = {}
-        self._leases: dict[str, _Lease] = {}
+        self._samples: dict[str, Sample] = {}
+        self._tasks: dict[str, Task] = {}
+        self._leases: dict[str, Lease] = {}
         self._heap: list[tuple[float, str]] = []
-        self._pending: dict[int, _Reservation] = {}
+        self._pending: dict[int, Reservation] = {}
         self._pending_fields: dict[str, Counter[str]] = {}
         self._field_counts: Counter[str] = Counter()
         self._used = 0
@@ -140,9 +111,9 @@ class SampleIndex:
                         f"{sorted(old.requires)}, by_group={old.by_group}"
                     )
                 return
-            t = self._tasks[task] = _Task(req, by_group)
+            t = self._tasks[task] = Task(req, by_group)
             for sid, s in self._samples.items():  # once per task, not per claim
-                self._enter(sid, s, task, t)
+                enter(sid, s, task, t)
 
     # ------------------------------------------------------------------ writes
     def reserve(
@@ -163,8 +134,8 @@ class SampleIndex:
                 check_batch(self._specs, self._samples, self._pending_fields, ids, infos, metas_l)
                 per_sample = sum(i.nbytes for i in infos.values())
                 need = per_sample * len(ids)
-                self._check_fits(ids, per_sample, need)
-                net = need - self._overwritten_bytes(ids, infos)
+                check_fits(ids, per_sample, need, self.budget)
+                net = need - overwritten_bytes(self._samples, ids, infos)
                 if self._used + self._reserved + net <= self.budget or net <= 0:
                     break
                 left = deadline - time.monotonic()
@@ -177,7 +148,7 @@ class SampleIndex:
                     )
                 self._cond.wait(left)
             token = next(self._seq)
-            self._pending[token] = _Reservation(
+            self._pending[token] = Reservation(
                 ids, infos, metas_l, need, time.monotonic() + self._res_ttl
             )
             self._reserved += need
@@ -185,27 +156,7 @@ class SampleIndex:
                 self._pending_fields.setdefault(sid, Counter()).update(infos.keys())
             return token
 
-    def _check_fits(self, ids: tuple[str, ...], per_sample: int, need: int) -> None:
-        if per_sample > self.budget:
-            raise StoreError(
-                f"sample {ids[0]!r} needs {per_sample} bytes, more than the store's whole "
-                f"budget of {self.budget} bytes; raise [store] budget_mb"
-            )
-        if need > self.budget:
-            raise StoreError(
-                f"put of {describe_ids(ids)} needs {need} bytes, more than "
-                f"the store's whole budget of {self.budget} bytes; write smaller batches"
-            )
-
-    def _overwritten_bytes(self, ids: Sequence[str], infos: Mapping[str, FieldInfo]) -> int:
-        old = 0
-        for sid in ids:
-            s = self._samples.get(sid)
-            if s is not None:
-                old += sum(s.fields[f].info.nbytes for f in infos if f in s.fields)
-        return old
-
-    def _unpend(self, token: int) -> _Reservation | None:
+    def _unpend(self, token: int) -> Reservation | None:
         res = self._pending.pop(token, None)
         if res is None:
             return None
@@ -248,13 +199,13 @@ class SampleIndex:
             return replaced
 
     def _commit_one(
-        self, sid: str, res: _Reservation, i: int, locs: Mapping[str, Any], replaced: list[Any]
+        self, sid: str, res: Reservation, i: int, locs: Mapping[str, Any], replaced: list[Any]
     ) -> None:
         s = self._samples.get(sid)
         if s is None:
             meta = res.metas[i]
             assert meta is not None  # check_batch demands meta on a first write
-            s = self._samples[sid] = _Sample(meta, _order(sid))
+            s = self._samples[sid] = Sample(meta, order_of(sid))
         new = False
         for name, info in res.infos.items():
             old = s.fields.get(name)
@@ -265,56 +216,15 @@ class SampleIndex:
             else:
                 self._field_counts[name] += 1
                 new = True
-            s.fields[name] = _Field(info, locs.get(name))
+            s.fields[name] = FieldEntry(info, locs.get(name))
             s.nbytes += info.nbytes
             self._used += info.nbytes
         if new or not res.infos:
             for task, t in self._tasks.items():
-                self._enter(sid, s, task, t)
-
-    # ------------------------------------------------------------------ readiness
-    def _enter(self, sid: str, s: _Sample, task: str, t: _Task, front: bool = False) -> None:
-        """Put ``sid`` in ``task``'s ready structures if it is eligible and not there yet."""
-        if task in s.done or task in s.leased or not t.requires <= s.fields.keys():
-            return
-        if not t.by_group:
-            if sid not in t.ready:
-                t.ready[sid] = None
-                if front:
-                    t.ready.move_to_end(sid, last=False)
-            return
-        g = s.meta.group
-        mem = t.members.setdefault(g, {})
-        if sid in mem:
-            return
-        mem[sid] = None
-        if g in t.ready:
-            t.ready_samples += 1
-        elif len(mem) >= s.meta.group_size:
-            t.ready[g] = None
-            t.ready_samples += len(mem)
-            if front:
-                t.ready.move_to_end(g, last=False)
-
-    def _leave(self, sid: str, s: _Sample, t: _Task) -> None:
-        if not t.by_group:
-            t.ready.pop(sid, None)
-            return
-        g = s.meta.group
-        mem = t.members.get(g)
-        if mem is None or sid not in mem:
-            return
-        del mem[sid]
-        if g in t.ready:
-            t.ready_samples -= 1
-            if len(mem) < s.meta.group_size:
-                del t.ready[g]
-                t.ready_samples -= len(mem)
-        if not mem:
-            del t.members[g]
+                enter(sid, s, task, t)
 
     # ------------------------------------------------------------------ claims
-    def _task(self, task: str) -> _Task:
+    def _task(self, task: str) -> Task:
         t = self._tasks.get(task)
         if t is None:
             known = ", ".join(sorted(self._tasks)) or "none"
@@ -343,7 +253,7 @@ class SampleIndex:
             for sid in ids:
                 self._samples[sid].leased[task] = cid
             t.leased += len(ids)
-            self._leases[cid] = _Lease(task, dict.fromkeys(ids), deadline)
+            self._leases[cid] = Lease(task, dict.fromkeys(ids), deadline)
             heapq.heappush(self._heap, (deadline, cid))
             return Claim(task=task, claim_id=cid, ids=tuple(ids), deadline=deadline)
 
@@ -354,7 +264,7 @@ class SampleIndex:
             if lease is not None:
                 self._give_back(lease, list(lease.ids))
 
-    def _give_back(self, lease: _Lease, ids: Sequence[str]) -> None:
+    def _give_back(self, lease: Lease, ids: Sequence[str]) -> None:
         t = self._tasks[lease.task]
         # Released samples are the oldest: the front of the queue keeps staleness low.
         # Reversed, so that pushing each to the front keeps their claim order.
@@ -363,16 +273,7 @@ class SampleIndex:
             s = self._samples[sid]
             del s.leased[lease.task]
             t.leased -= 1
-            self._enter(sid, s, lease.task, t, front=True)
-
-    def _claim_ids(self, claim: Claim, ids: Sequence[str] | None) -> list[str]:
-        if ids is None:
-            return list(claim.ids)
-        mine = set(claim.ids)
-        bad = [sid for sid in ids if sid not in mine]
-        if bad:
-            raise StoreError(f"sample {bad[0]!r} is not part of claim {claim.claim_id}")
-        return list(ids)
+            enter(sid, s, lease.task, t, front=True)
 
     def ack(self, claim: Claim, ids: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
         """Mark samples consumed by the claim's task.
@@ -384,7 +285,7 @@ class SampleIndex:
         with self._cond:
             t = self._task(claim.task)
             self._expire(self._clock())
-            todo = self._claim_ids(claim, ids)
+            todo = claim_ids(claim, ids)
             lease = self._leases.get(claim.claim_id)
             acked: list[str] = []
             stolen: list[str] = []
@@ -400,7 +301,7 @@ class SampleIndex:
                     stolen.append(sid)
                     continue
                 else:  # lease expired or released, and nobody re-claimed it: a late ack
-                    self._leave(sid, s, t)
+                    leave(sid, s, t)
                 s.done.add(claim.task)
                 t.consumed += 1
                 acked.append(sid)
@@ -412,7 +313,7 @@ class SampleIndex:
         with self._cond:
             self._task(claim.task)
             self._expire(self._clock())
-            todo = self._claim_ids(claim, ids)
+            todo = claim_ids(claim, ids)
             lease = self._leases.get(claim.claim_id)
             if lease is None:
                 return  # expired: already released
@@ -444,7 +345,7 @@ class SampleIndex:
             self._get_total += total
         return out
 
-    def _sample(self, sid: str) -> _Sample:
+    def _sample(self, sid: str) -> Sample:
         s = self._samples.get(sid)
         if s is None:
             raise StoreError(f"unknown sample id {sid!r} (never written, or deleted)")
@@ -463,7 +364,7 @@ class SampleIndex:
                 if s is None:
                     continue
                 for task, t in self._tasks.items():
-                    self._leave(sid, s, t)
+                    leave(sid, s, t)
                     cid = s.leased.get(task)
                     if cid is not None:
                         self._leases[cid].ids.pop(sid, None)
@@ -500,17 +401,5 @@ class SampleIndex:
                 deleted_total=self._deleted,
             )
 
-    def ids(self) -> list[str]:
-        """All stored sample ids (O(N): for shutdown/cleanup, not the hot path)."""
-        with self._cond:
-            return list(self._samples)
 
-
-def _order(sid: str) -> int:
-    try:
-        return split_sample_id(sid)[1]
-    except ValueError:
-        return 0
-
-
-__all__ = ["FieldInfo", "SampleIndex", "dtype_name"]
+__all__ = ["FieldInfo", "SampleIndex"]

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from unirl_stream.api import FieldSpec, SampleMeta, StoreError
+from unirl_stream.api import Claim, FieldSpec, SampleMeta, StoreError
 from unirl_stream.storage.codec import FieldInfo, describe_ids, dtype_name
 
 
@@ -100,3 +100,38 @@ def _check_duplicates(
             raise StoreError(
                 f"sample {sid!r}: field {name!r} is being written by another put right now"
             )
+
+
+def check_fits(ids: Sequence[str], per_sample: int, need: int, budget: int) -> None:
+    """A write that can never fit fails at once (waiting for deletes would not help)."""
+    if per_sample > budget:
+        raise StoreError(
+            f"sample {ids[0]!r} needs {per_sample} bytes, more than the store's whole "
+            f"budget of {budget} bytes; raise [store] budget_mb"
+        )
+    if need > budget:
+        raise StoreError(
+            f"put of {describe_ids(ids)} needs {need} bytes, more than the store's whole "
+            f"budget of {budget} bytes; write smaller batches"
+        )
+
+
+def overwritten_bytes(samples: Mapping[str, Any], ids: Sequence[str], infos: Mapping[str, FieldInfo]) -> int:
+    """Bytes an overwrite frees at commit (they count as available for it)."""
+    old = 0
+    for sid in ids:
+        s = samples.get(sid)
+        if s is not None:
+            old += sum(s.fields[f].info.nbytes for f in infos if f in s.fields)
+    return old
+
+
+def claim_ids(claim: Claim, ids: Sequence[str] | None) -> list[str]:
+    """The ids an ack/release names: all of the claim's, or a subset of them."""
+    if ids is None:
+        return list(claim.ids)
+    mine = set(claim.ids)
+    bad = [sid for sid in ids if sid not in mine]
+    if bad:
+        raise StoreError(f"sample {bad[0]!r} is not part of claim {claim.claim_id}")
+    return list(ids)

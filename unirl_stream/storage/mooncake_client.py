@@ -27,7 +27,6 @@ from typing import Any
 import msgspec
 
 from unirl_stream.api import StoreError
-
 from unirl_stream.storage import MOONCAKE_ENV
 
 for _k, _v in MOONCAKE_ENV.items():
