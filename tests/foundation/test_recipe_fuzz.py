@@ -72,10 +72,11 @@ WORDS = ["cpu", "auto", "cuda:1", "sync", "async", "fp8", "bfloat16", "memory", 
 def _nudged(value: Any) -> st.SearchStrategy[Any]:
     if isinstance(value, bool):
         return st.booleans()
+    # Earlier mutations may have made the value negative: keep the ranges non-empty.
     if isinstance(value, int):
-        return st.integers(min_value=-2, max_value=2 * value + 10)
+        return st.integers(min_value=-2, max_value=max(2 * value + 10, 10))
     if isinstance(value, float):
-        return st.floats(min_value=-0.5, max_value=2 * value + 1.5)
+        return st.floats(min_value=-0.5, max_value=max(2 * value + 1.5, 1.5))
     if isinstance(value, str):
         return st.sampled_from(WORDS)
     if isinstance(value, list) and value and not isinstance(value[0], dict):
