@@ -1,22 +1,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from monitor_synth import ETA, RUN_ID, WORKERS
 
 from unirl_stream.monitor.aggregator import Aggregator
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    """Poll ``cond`` (correctness waits, not timing assertions)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ tmux script. Round ``i`` is deterministic: tests can recompute what they sent.""
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 from unirl_stream.api import (
     MetricSink,
@@ -113,3 +115,12 @@ def start_workers(address: str, rounds: range, dt: float, stop=None) -> list:
         th.start()
         threads.append(th)
     return threads
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Poll ``cond`` (correctness waits, not timing assertions)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        time.sleep(0.02)

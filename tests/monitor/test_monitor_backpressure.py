@@ -7,8 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import wait_for
-from monitor_synth import RUN_ID, round_events
+from monitor_synth import RUN_ID, round_events, wait_for
 
 from unirl_stream.monitor.aggregator import Aggregator
 from unirl_stream.pipeline.metrics import ZmqSink

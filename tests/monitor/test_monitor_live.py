@@ -8,8 +8,7 @@ import json
 import re
 
 import msgspec
-from conftest import wait_for
-from monitor_synth import BATCH, ETA, RUN_ID, WORKERS, emit_round, start_workers
+from monitor_synth import BATCH, ETA, RUN_ID, WORKERS, emit_round, start_workers, wait_for
 from rich.console import Console
 
 from unirl_stream.monitor.aggregator import Aggregator
@@ -162,3 +161,49 @@ def test_bad_run_dir_is_a_user_error(tmp_path) -> None:
         monitor_command(tmp_path / "missing", console=Console(file=io.StringIO()))
     with pytest.raises(UserInputError, match="no metrics file"):
         monitor_command(tmp_path, console=Console(file=io.StringIO()))
+
+
+def test_follow_json_lines_until_the_run_finishes(live_agg: Aggregator) -> None:
+    """``monitor --json`` without --once streams snapshots (one JSON per line) and ends
+    by itself on the run's final snapshot."""
+    import threading
+
+    for i in range(3):
+        emit_round(live_agg, i)
+    timer = threading.Timer(1.5, live_agg.close)
+    timer.start()
+    console = Console(record=True, width=100, file=io.StringIO())
+    try:
+        assert monitor_command(live_agg.run_dir, as_json=True, console=console) == 0
+    finally:
+        timer.join()
+    snaps = [msgspec.json.decode(x, type=Snapshot) for x in console.export_text().splitlines()]
+    assert len(snaps) >= 3
+    assert [s.seq for s in snaps] == sorted(s.seq for s in snaps)
+    assert snaps[-1].finished and not any(s.finished for s in snaps[:-1])
+    assert snaps[-1].learning.step == 2
+
+
+def test_cli_monitor_command(tmp_path) -> None:
+    """The real ``unirl-stream monitor`` command (unirl_stream/cli.py) reaches our code."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    agg = Aggregator(run, RUN_ID, eta=ETA, expected_workers=WORKERS)
+    for i in range(3):
+        emit_round(agg, i)
+        agg.refresh(write_row=True)
+    agg.close()
+    cli = [sys.executable, "-m", "unirl_stream.cli", "monitor", str(run)]
+    out = subprocess.run([*cli, "--once", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    snap = msgspec.json.decode(out.stdout.strip(), type=Snapshot)
+    assert snap.finished and snap.learning.samples == 3 * BATCH
+    png = tmp_path / "p.png"
+    out = subprocess.run([*cli, "--plot", str(png)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([*cli, "--plot", str(tmp_path / "p.txt")], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--plot" in bad.stderr

@@ -8,8 +8,7 @@ import re
 import urllib.request
 
 import pytest
-from conftest import wait_for
-from monitor_synth import ETA, RUN_ID, WORKERS, emit_round, start_workers
+from monitor_synth import ETA, RUN_ID, WORKERS, emit_round, start_workers, wait_for
 from rich.console import Console
 
 from unirl_stream.monitor.aggregator import Aggregator

@@ -64,7 +64,7 @@ def test_run_and_monitor_panes(tmp_path) -> None:
             time.sleep(0.1)
         assert json.loads((run_dir / "monitor.json").read_text())["state"] == "running"
         rc_file = tmp_path / "viewer.rc"
-        mon_cmd = f"{env} {py} -m unirl_stream.monitor {run_dir}; echo $? > {rc_file}"
+        mon_cmd = f"{env} {py} -m unirl_stream.cli monitor {run_dir}; echo $? > {rc_file}"
         tmux(sock, "split-window", "-h", "-t", "t:0", mon_cmd)
         viewer = wait_capture(sock, "t:0.1", shows_panel)
         run = wait_capture(sock, "t:0.0", shows_panel)
