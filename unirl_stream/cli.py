@@ -11,6 +11,7 @@ their commands, so ``validate`` and ``plugins`` start in well under a second.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -230,7 +231,14 @@ def reward_serve(
         raise UserInputError(
             "reward-serve: the reward server is not available yet in this build"
         ) from None
-    server.serve(reward, options, host, port)
+    def ready(bound: int) -> None:  # with --port 0 this is the only way to learn the port
+        sys.stdout.write(f"serving reward {reward!r} on http://{host}:{bound} (Ctrl-C stops)\n")
+        sys.stdout.flush()
+
+    if "ready" in inspect.signature(server.serve).parameters:
+        server.serve(reward, options, host, port, ready=ready)
+    else:
+        server.serve(reward, options, host, port)
 
 
 def _debug_default() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -201,6 +202,31 @@ def test_reward_serve(fixture_plugins: Path, monkeypatch: pytest.MonkeyPatch) ->
     bad = run_cli("reward-serve", "--reward", "fixture_reward", "--set", "value=high")
     assert bad.code == 2 and "--set.value: expected float, got 'high'" in bad.err
     assert len(calls) == 1  # nothing served on bad input
+
+
+def test_reward_serve_end_to_end(tmp_path: Path) -> None:
+    """The real server behind the command: it says where it listens and answers /health."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unirl_stream.cli", "reward-serve", "--reward", "brightness",
+         "--port", "0", "--set", "aggregate=min"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        m = re.match(r"serving reward 'brightness' on (http://127\.0\.0\.1:(\d+)) ", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        with urllib.request.urlopen(m.group(1) + "/health", timeout=30) as reply:
+            assert reply.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0
 
 
 def test_main_module_entry(base_recipe: Path, fixture_plugins: Path) -> None:
