@@ -15,6 +15,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from unirl_stream.algorithms.schedule import HIGH, LOW, expert_of_steps, sigma_grid
+from unirl_stream.algorithms.selection import reachable_steps
 from unirl_stream.data import load_prompts
 from unirl_stream.recipe import Recipe, decode, load, to_toml
 from unirl_stream.validate import check_recipe
@@ -63,6 +65,8 @@ def test_quickstart_is_the_tiny_cpu_run() -> None:
     assert (p.mode, p.max_staleness, p.rollout_workers, p.reward_workers, p.groups_per_step) == (
         "async", 1, 2, 1, 2)
     assert len(load_prompts(r.resolve(r.data.prompts))) == 16
+    steps = reachable_steps(s.sde, s.num_inference_steps)
+    assert set(expert_of_steps(sigma_grid(s.num_inference_steps, s.shift), 0.875, steps)) == {HIGH, LOW}
 
 
 def test_wan22_recipe_mirrors_the_published_setup() -> None:
@@ -82,10 +86,10 @@ def test_wan22_recipe_mirrors_the_published_setup() -> None:
     assert [x.name for x in r.reward] == ["video_pickscore"]
     # Our departure: real videos (4k+1 frames), sized for 80 GB GPUs.
     assert s.num_frames > 1 and (s.num_frames - 1) % 4 == 0
-    # SDE steps must reach both experts: some selected step runs below the boundary.
-    lo, hi = s.sde.fraction
-    selected = [i for i in range(s.num_inference_steps) if lo <= i / s.num_inference_steps < hi]
-    assert selected and max(selected) / s.num_inference_steps > 1 - 0.875
+    # SDE steps must reach both experts (the checkpoint's boundary ratio is 0.875).
+    steps = reachable_steps(s.sde, s.num_inference_steps)
+    experts = expert_of_steps(sigma_grid(s.num_inference_steps, s.shift), 0.875, steps)
+    assert set(experts) == {HIGH, LOW}
     assert len(load_prompts(r.resolve(r.data.prompts))) == 48
 
 
