@@ -224,7 +224,8 @@ def reward_serve(
     options: dict[str, Any] = {}
     apply_overrides(options, set_ or [])
     plugin = registry.load("rewards", registry.entry("rewards", reward, where="--reward").name)
-    registry.decode_options(plugin, options, "--set")  # bad options: exit 2 before serving
+    # Bad options fail here (exit 2), before anything listens: "--set options.value: ..."
+    registry.decode_options(plugin, options, "--set options")
     try:
         server = _component("unirl_stream.rewards.server")
     except _Unavailable:

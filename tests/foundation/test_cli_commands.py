@@ -200,7 +200,7 @@ def test_reward_serve(fixture_plugins: Path, monkeypatch: pytest.MonkeyPatch) ->
     unknown = run_cli("reward-serve", "--reward", "fixture_rewrd")
     assert unknown.code == 2 and "did you mean 'fixture_reward'" in unknown.err
     bad = run_cli("reward-serve", "--reward", "fixture_reward", "--set", "value=high")
-    assert bad.code == 2 and "--set.value: expected float, got 'high'" in bad.err
+    assert bad.code == 2 and "error: --set options.value: expected float, got 'high'" in bad.err
     assert len(calls) == 1  # nothing served on bad input
 
 
