@@ -71,3 +71,27 @@ def test_unknown_tesseract_language_is_a_user_error() -> None:
         pytest.skip("tesseract not installed")
     with pytest.raises(UserInputError, match=r"options\.lang: tesseract has no \['klingon'\]"):
         OCRReward(OCRConfig(lang="eng+klingon"))
+
+
+def test_got_engine_runs_through_its_real_loader(tmp_path) -> None:
+    """GOT-OCR-2.0 (the GPU option) with a tiny random model: AutoProcessor +
+    AutoModelForImageTextToText from disk, greedy generation, one text per frame,
+    deterministic and independent of how the batch is split. (Random weights read no
+    text; the reward formula is tested above with tesseract.)"""
+    from unirl_stream.rewards.testing import save_tiny_got
+
+    folder = save_tiny_got(tmp_path / "got")
+    cfg = OCRConfig(engine="got", got_model=str(folder), max_new_tokens=6, device="cpu")
+    scorer = OCRReward(cfg)
+    video = torch.stack([render("STOP", 128, 64), render("GO", 128, 64)])[None].expand(2, 2, 64, 128, 3).clone()
+    video[1] = 255 - video[1]
+    prompts = [Prompt(id="g:0", text='"STOP"'), Prompt(id="g:1", text='"GO"')]
+    out = scorer.score(video, prompts)
+    texts = list(scorer.last_texts)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    assert all(0.0 <= s <= 1.0 for s in out.scores)
+    assert OCRReward(cfg).score(video, prompts).scores == out.scores
+    scorer.score(video[1:], prompts[1:])
+    assert scorer.last_texts == texts[2:]
+    with pytest.raises(UserInputError, match=r"options\.got_model: cannot load GOT-OCR-2\.0 model"):
+        OCRReward(OCRConfig(engine="got", got_model=str(tmp_path / "missing"), device="cpu"))

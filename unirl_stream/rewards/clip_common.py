@@ -137,12 +137,11 @@ class ImageGeometry:
         s = self.short
         # Same integer arithmetic as transformers' get_resize_output_image_size.
         nh, nw = (int(s * h / w), s) if w <= h else (s, int(s * w / h))
-        x = pil_bicubic(x, nh, nw)
         ch, cw = self.crop
         if ch > nh or cw > nw:
             raise UserInputError(f"crop {self.crop} larger than resized image {(nh, nw)}")
         top, left = (nh - ch) // 2, (nw - cw) // 2
-        return x[..., top : top + ch, left : left + cw]
+        return pil_bicubic(x, nh, nw, window=(top, left, ch, cw))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -204,29 +203,39 @@ def _pil_weights(in_size: int, out_size: int) -> torch.Tensor:
     return m
 
 
-def _resample_last(x: torch.Tensor, out_size: int) -> torch.Tensor:
-    """One PIL pass along the last axis: integer weights, +half, shift, clip to uint8.
-
-    float64 holds every partial sum exactly (< 2**53), so this is PIL's integer result.
-    """
-    weights = _pil_weights(x.shape[-1], out_size).to(x.device)
+def _resample_last(x: torch.Tensor, out_size: int, start: int = 0, count: int | None = None) -> torch.Tensor:
+    """One PIL pass along the last axis, output pixels ``start : start + count`` only:
+    integer weights, + half, shift, clip to uint8. float64 holds every partial sum
+    exactly (< 2**53), so this is PIL's integer result."""
+    count = out_size - start if count is None else count
+    weights = _pil_weights(x.shape[-1], out_size)[start : start + count].to(x.device)
     s = x @ weights.T + float(1 << (_PRECISION - 1))
     return (s / float(1 << _PRECISION)).floor().clamp(0, 255)  # a power-of-2 divide: exact
 
 
-def pil_bicubic(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """PIL ``Image.resize((w, h), BICUBIC)`` of [N, C, H, W] values in [0, 255].
+def pil_bicubic(
+    x: torch.Tensor, h: int, w: int, window: tuple[int, int, int, int] | None = None
+) -> torch.Tensor:
+    """PIL ``Image.resize((w, h), BICUBIC)`` of [N, C, H, W] values in [0, 255], optionally
+    only the output ``window = (top, left, height, width)`` (a crop of the result).
 
     PIL resizes width first, rounds to uint8, then height; we do the same, so the result
     equals PIL's pixel for pixel (tests compare with CLIPImageProcessor, which uses PIL).
-    float64 on purpose: fp32 cannot hold the fixed-point sums exactly.
+    Output pixels depend only on their own weight row, so computing just the cropped
+    window gives the same pixels for less work. float64 on purpose: fp32 cannot hold
+    the fixed-point sums exactly.
     """
+    top, left, ch, cw = window if window is not None else (0, 0, h, w)
     dtype = x.dtype
     x = x.double()
     if x.shape[-1] != w:
-        x = _resample_last(x, w)
+        x = _resample_last(x, w, left, cw)
+    elif cw != w:
+        x = x[..., left : left + cw]
     if x.shape[-2] != h:
-        x = _resample_last(x.transpose(-1, -2), h).transpose(-1, -2)
+        x = _resample_last(x.transpose(-1, -2), h, top, ch).transpose(-1, -2)
+    elif ch != h:
+        x = x[..., top : top + ch, :]
     return x.to(dtype)
 
 

@@ -148,3 +148,40 @@ def save_tiny_hps(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     ckpt = folder / "HPS_tiny.pt"
     torch.save({"state_dict": openclip_state_dict(config, seed)}, ckpt)
     return ckpt, clip_dir
+
+
+GOT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>"]
+
+
+def save_tiny_got(folder: Path, seed: int = 0) -> Path:
+    """A random GOT-OCR-2.0 (SAM-style ViT + Qwen2 decoder) with its processor.
+
+    The processor asks for 256 image tokens (its default, as the real model's 1024 px
+    input gives): a 128 px image in 2 px patches is a 64 x 64 grid, which the model's two
+    stride-2 convolutions reduce to 16 x 16 = 256. The tokenizer is byte-level BPE with no
+    merges (every byte a token) plus GOT's chat and image special tokens.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2Processor, PreTrainedTokenizerFast
+    from transformers.models.got_ocr2 import GotOcr2ImageProcessorPil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(_byte_symbols())}, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=GOT_SPECIALS
+    )
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 128, "width": 128})
+    GotOcr2Processor(image_processor=image_processor, tokenizer=tok).save_pretrained(str(folder))
+    vision = dict(hidden_size=16, output_channels=8, num_hidden_layers=1, num_attention_heads=2, image_size=128,
+                  patch_size=2, window_size=8, global_attn_indexes=[], mlp_dim=32)  # windowed only: a global layer over 4096 tokens costs seconds
+    text = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = GotOcr2Config(vision_config=vision, text_config=text, image_seq_length=256,
+                           image_token_index=tok.convert_tokens_to_ids("<imgpad>"))
+    torch.manual_seed(seed)
+    GotOcr2ForConditionalGeneration(config).save_pretrained(str(folder))
+    return folder
