@@ -207,3 +207,26 @@ def test_cli_monitor_command(tmp_path) -> None:
     bad = subprocess.run([*cli, "--plot", str(tmp_path / "p.txt")], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "--plot" in bad.stderr
+
+
+def test_crashed_run_falls_back_to_replay(tmp_path) -> None:
+    """monitor.json still says "running" but nobody publishes (the driver was killed):
+    the viewer replays metrics.jsonl instead of hanging."""
+    import os
+
+    run = tmp_path / "run"
+    agg = Aggregator(run, RUN_ID, eta=ETA, expected_workers=WORKERS).start()
+    for i in range(2):
+        emit_round(agg, i)
+    agg.refresh(write_row=True)
+    info = json.loads((run / "monitor.json").read_text())
+    agg.close()
+    (run / "metrics.jsonl").write_text(  # drop the final row: as if killed before close
+        "".join(x + "\n" for x in (run / "metrics.jsonl").read_text().splitlines()[:-1]))
+    for pid in (os.getpid(), 2**22 + 12345):  # alive but silent / gone
+        (run / "monitor.json").write_text(json.dumps({**info, "state": "running", "pid": pid}))
+        out = Console(record=True, width=160, file=io.StringIO())
+        assert monitor_command(run, once=True, as_json=True, console=out,
+                               attach_timeout_s=0.3) == 0
+        snap = msgspec.json.decode(out.export_text().strip(), type=Snapshot)
+        assert not snap.finished and snap.learning.step == 1

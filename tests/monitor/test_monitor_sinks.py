@@ -162,3 +162,17 @@ def test_workers_through_the_real_bus_feed_prometheus(live_agg, stop_event) -> N
         assert scrape(prom.url)[("unirl_policy_version", ())] == prom.latest.staleness.policy_version
     finally:
         prom.close()
+
+
+def test_prometheus_port_in_use_is_a_user_error(tmp_path) -> None:
+    from unirl_stream.api import UserInputError
+    from unirl_stream.monitor.setup import Monitoring
+
+    taken = PrometheusExporter("127.0.0.1", 0, RUN_ID)
+    try:
+        with pytest.raises(UserInputError, match=rf"prometheus_port = {taken.port}: cannot serve"):
+            Monitoring.start(tmp_path, recipe(tmp_path, prometheus_port=taken.port), RUN_ID,
+                             live=False, console=Console(file=io.StringIO()))
+    finally:
+        taken.close()
+    assert not (tmp_path / "monitor.json").exists()  # nothing half-started

@@ -277,10 +277,11 @@ class Aggregator:
                     msg = self._pub.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     return
-            if msg[:1] == b"\x01":
-                self.bus.subscribers += 1
-            elif msg[:1] == b"\x00":
-                self.bus.subscribers = max(0, self.bus.subscribers - 1)
+            with self._lock:
+                if msg[:1] == b"\x01":
+                    self.bus.subscribers += 1
+                elif msg[:1] == b"\x00":
+                    self.bus.subscribers = max(0, self.bus.subscribers - 1)
 
     def _loop(self) -> None:
         import zmq

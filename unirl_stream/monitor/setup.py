@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from unirl_stream.api import MetricEvent, MetricSink
+from unirl_stream.api import MetricEvent, MetricSink, UnirlError, UserInputError
 from unirl_stream.monitor.aggregator import Aggregator, MonitorSink
 from unirl_stream.monitor.panel import LiveView
 from unirl_stream.monitor.snapshot import Snapshot
@@ -58,15 +58,30 @@ def build_sinks(
     if logging.wandb:
         from unirl_stream.monitor.wandb_sink import WandbSink
 
-        media = WandbSink(
-            run_dir, run_id, project=logging.wandb_project, config=scrub(config or {}),
-            media_every=logging.media_every,
-        )
+        try:
+            media = WandbSink(
+                run_dir, run_id, project=logging.wandb_project, config=scrub(config or {}),
+                media_every=logging.media_every,
+            )
+        except Exception as e:  # wandb's own message; it never contains the key
+            raise UnirlError(
+                f"[logging] wandb = true: could not start a wandb run ({type(e).__name__}: {e}); "
+                "log in (`wandb login`), set WANDB_MODE=offline, or set wandb = false"
+            ) from e
         sinks.append(media)
     if logging.prometheus_port is not None:
         from unirl_stream.monitor.prometheus import PrometheusExporter
 
-        prom = PrometheusExporter(logging.bind_host, logging.prometheus_port, run_id)
+        try:
+            prom = PrometheusExporter(logging.bind_host, logging.prometheus_port, run_id)
+        except OSError as e:
+            for sink in sinks:
+                sink.close()
+            raise UserInputError(
+                f"[logging] prometheus_port = {logging.prometheus_port}: cannot serve on "
+                f"{logging.bind_host}:{logging.prometheus_port} ({e.strerror or e}); "
+                "choose another port, or 0 for a free one"
+            ) from None
         sinks.append(prom)
     return sinks, media, prom
 
