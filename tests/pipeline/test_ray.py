@@ -72,10 +72,15 @@ def test_killed_producer_and_reward_worker_lose_nothing(ray_cluster, recipe_fact
     deadline = time.time() + 120
     while time.time() < deadline and len(ledger(run_dir) if (run_dir / "ledger.jsonl").exists() else []) < 16:
         time.sleep(0.2)
+    t_kill = time.time()
     for name in ("rollout/0", "reward/0"):
         ray.kill(ray.get_actor(f"{run_dir.name}:{name}"), no_restart=False)
     t.join(timeout=240)
     assert not t.is_alive() and "dir" in result
+    # the restarted actors came back and worked (their span files continue after the kill)
+    for stage in ("rollout-0", "reward-0"):
+        spans = [json.loads(x) for x in (run_dir / "spans" / f"{stage}.jsonl").read_text().splitlines()]
+        assert any(s["t0"] > t_kill for s in spans), f"{stage} did no work after being killed"
     rows = assert_exactly_once(run_dir)
     trained_versions = {r["trained_at_version"] for r in rows if r["status"] == "trained"}
     assert trained_versions == set(range(12))

@@ -54,13 +54,7 @@ class CoordinatorWeights:
         self.ctl = ctl
 
     def publish(self, version: int, blob: bytes) -> None:
-        if self.ctl.is_ray:
-            import ray
-
-            ref = ray.put(blob, _owner=self.ctl.target)
-            self.ctl.publish(version, [ref])
-        else:
-            self.ctl.publish(version, [blob])
+        self.ctl.publish(version, [blob], as_object=self.ctl.is_ray)
 
     def poll(self, held: int) -> tuple[int, bytes, float] | None:
         got = self.ctl.latest(held)

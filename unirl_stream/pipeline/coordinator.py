@@ -1,7 +1,7 @@
 """The control plane: who may start work, which weights are current, how each sample ended.
 
 One Coordinator per run (a Ray actor with ``num_cpus=0``, or a plain object in-process).
-It never sees tensors: it hands out *group tickets* (which prompt, which seeds, which
+It never sees tensors: it hands out *group tickets* (which prompt, which group id, which
 policy version), keeps the newest published weights (an opaque handle: a Ray ObjectRef or
 bytes), and writes the two journals of the run directory:
 
@@ -36,7 +36,6 @@ class GroupTicket(msgspec.Struct, frozen=True):
     prompt_index: int  # index of the prompt in the run's prompt list
     prompt_id: str
     size: int
-    base_seed: int  # sample k uses base_seed + k
     version: int  # the policy version the producer must hold (or newer)
 
 
@@ -46,11 +45,6 @@ class CoordinatorState(msgspec.Struct):
     position: int = 0
     version: int = 0
     dropped_groups: int = 0
-
-
-def sample_seed(run_seed: int, position: int) -> int:
-    """Base seed of a group; sample k uses +k. Pure, so any process can recompute it."""
-    return (run_seed * 1_000_003 + position * 1_009) % (2**31 - 1)
 
 
 class Coordinator:
@@ -112,7 +106,7 @@ class Coordinator:
             idx = self._cursor.at(pos)
             pid = self._prompts[idx]  # type: ignore[index]
             gid = group_id(pid, pos)
-            ticket = GroupTicket(pos, gid, idx, pid, self.group_size, sample_seed(self.seed, pos), self.version)
+            ticket = GroupTicket(pos, gid, idx, pid, self.group_size, self.version)
             row = {"group": gid, "position": pos, "prompt_id": pid, "size": self.group_size,
                    "version": self.version, "worker": worker, "t": time.time()}
             self._groups.write(json.dumps(row) + "\n")
@@ -130,8 +124,14 @@ class Coordinator:
             return self.position >= self.allowance() and self._written >= self._started_here
 
     # ------------------------------------------------------------------ weights
-    def publish(self, version: int, weights: list[Any]) -> None:
-        """``weights`` is a one-element list so Ray passes an ObjectRef through unresolved."""
+    def publish(self, version: int, weights: list[Any], as_object: bool = False) -> None:
+        """``weights``: a one-element list (Ray passes an ObjectRef inside a list through
+        unresolved). ``as_object``: put the bytes into Ray's object store from here, so the
+        coordinator owns the object and it outlives the trainer that published it."""
+        if as_object:
+            import ray
+
+            weights = [ray.put(weights[0])]
         with self._lock:
             if version < self.version:
                 raise ValueError(f"published version {version} < current {self.version}")

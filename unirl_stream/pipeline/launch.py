@@ -111,7 +111,9 @@ class Run:
                 ref = self._actor(name, ctx, placement, restartable)
             else:
                 ctx.sink = self.metrics.local_sink()
-                ref = threading.Thread(target=self._thread, args=(name, ctx), name=ctx.source, daemon=True)
+                # Built here, one after another: lazy imports (diffusers) are not thread-safe.
+                loop = StageLoop(name, ctx)
+                ref = threading.Thread(target=self._thread, args=(loop,), name=ctx.source, daemon=True)
                 ref.start()
             self._workers.append((ctx.source, ref))
             if name == "trainer":
@@ -130,12 +132,12 @@ class Run:
         self.actors[ctx.source] = actor
         return actor.run.remote()
 
-    def _thread(self, name: str, ctx: StageContext) -> None:
+    def _thread(self, loop: StageLoop) -> None:
         try:
-            StageLoop(name, ctx).run()
+            loop.run()
         except BaseException as e:  # reported through errors(); the loop already told control
-            self._thread_errors.append(f"{ctx.source}: {format_error(e)}")
-            self.control.fail(f"{ctx.source}: {format_error(e)}")
+            self._thread_errors.append(f"{loop.ctx.source}: {format_error(e)}")
+            self.control.fail(f"{loop.ctx.source}: {format_error(e)}")
 
     # ------------------------------------------------------------------ watch
     def finished(self) -> bool:

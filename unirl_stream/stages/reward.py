@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from unirl_stream.api import FieldSpec, RewardError, SampleOutcome, StepResult, prompt_of_group, split_sample_id
 from unirl_stream.stages.base import StageBase, StageContext
@@ -26,12 +25,10 @@ class RewardStage(StageBase):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        from unirl_stream.algorithms.advantages import AdvantageNormalizer
         from unirl_stream.rewards.combine import RewardSet
 
         self.rewards = RewardSet.from_specs(self.recipe.reward)
-        self.on_nan = {spec.name: spec.on_nan for spec in self.recipe.reward}
-        self.advantages = AdvantageNormalizer(self.recipe.algorithm)
+        self.running = _RunningStd()  # for adv_std = "global"
         # Overwritable: a worker that dies between its write and its ack is replaced by one
         # that scores the same samples again (same media, same score).
         self.store.declare([FieldSpec("reward", "float32", (), True),
@@ -50,6 +47,8 @@ class RewardStage(StageBase):
     def _score(self) -> tuple[int, int]:
         import torch
 
+        from unirl_stream.rewards.combine import raise_on_fail
+
         claim = self.store.claim(REWARD_TASK, self.recipe.pipeline.reward_batch)
         if claim is None:
             return 0, 0
@@ -57,26 +56,19 @@ class RewardStage(StageBase):
         media = self.store.get(ids, ["media"])["media"]
         prompts = [self.ctx.prompts_by_id[prompt_of_group(split_sample_id(i)[0])] for i in ids]
         result = self.rewards.score(ids, media, prompts)
-        bad = self._check(result.invalid)
+        try:
+            bad = raise_on_fail(result)  # on_nan = "fail": the run stops, naming the sample
+        except RewardError as e:
+            self.ctx.control.fail(str(e))
+            raise
         ok = torch.tensor([0 if i in bad else 1 for i in ids], dtype=torch.uint8)
-        totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.total)], dtype=torch.float32)
+        totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.totals)], dtype=torch.float32)
         self.store.put(ids, {"reward": totals, "reward_ok": ok})
         self.store.ack(claim)
-        self.last_terms = {f"reward/{k}": float(sum(v) / max(len(v), 1)) for k, v in result.terms.items()}
+        self.last_terms = result.metrics()
         if bad:
             self._drop(ids, bad)
         return len(ids), len(bad)
-
-    def _check(self, invalid: dict[str, tuple[str, Any]]) -> dict[str, str]:
-        """``invalid`` maps sample id -> (scorer, value). Fail loudly unless told to drop."""
-        bad: dict[str, str] = {}
-        for sid, (scorer, value) in invalid.items():
-            reason = f"reward {scorer} returned {value!r} for sample {sid}"
-            if self.on_nan.get(scorer, "fail") == "fail":
-                self.ctx.control.fail(reason + " (set on_nan = \"drop\" on that [[reward]] to drop such samples)")
-                raise RewardError(reason)
-            bad[sid] = reason
-        return bad
 
     def _drop(self, ids: list[str], bad: dict[str, str]) -> None:
         metas = dict(zip(ids, self.store.meta(ids)))
@@ -91,20 +83,40 @@ class RewardStage(StageBase):
     def _advantage(self) -> int:
         import torch
 
+        from unirl_stream.algorithms.advantages import group_advantages
+
         claim = self.store.claim(ADVANTAGE_TASK, max(1, self.recipe.pipeline.reward_batch // 4))
         if claim is None:
             return 0
         ids = list(claim.ids)
         td = self.store.get(ids, ["reward", "reward_ok"])
-        groups = [split_sample_id(i)[0] for i in ids]
-        adv = torch.zeros(len(ids), dtype=torch.float32)
-        start = 0
-        while start < len(ids):  # claims keep each group's members contiguous
-            end = start
-            while end < len(ids) and groups[end] == groups[start]:
-                end += 1
-            adv[start:end] = self.advantages(td["reward"][start:end], td["reward_ok"][start:end].bool())
-            start = end
+        ok = td["reward_ok"].bool()
+        groups = [split_sample_id(i)[0] for i, k in zip(ids, ok.tolist()) if k]
+        a = self.recipe.algorithm
+        adv = torch.zeros(len(ids), dtype=torch.float32)  # dropped samples: 0, never trained
+        if groups:
+            self.running.update(td["reward"][ok].tolist())
+            adv[ok] = group_advantages(td["reward"][ok], groups, a.adv_std, a.adv_clip,
+                                       global_std=self.running.std if a.adv_std == "global" else None)
         self.store.put(ids, {"advantage": adv})
         self.store.ack(claim)
         return len(set(groups))
+
+
+class _RunningStd:
+    """Std of every valid reward this worker has seen (Welford); ``adv_std = "global"``
+    uses it instead of a batch std, since a streaming worker never holds the batch."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, values: list[float]) -> None:
+        for v in values:
+            self.n += 1
+            d = v - self.mean
+            self.mean += d / self.n
+            self.m2 += d * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / self.n) ** 0.5 if self.n > 1 else 0.0

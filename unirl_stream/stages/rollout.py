@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from unirl_stream import registry
+from unirl_stream.algorithms.noise import sample_seed
 from unirl_stream.api import SampleMeta, StepResult, sample_id
 from unirl_stream.pipeline.control import CoordinatorWeights
 from unirl_stream.stages.base import StageBase, StageContext
@@ -51,7 +52,7 @@ class RolloutStage(StageBase):
         self._refresh(wait_for=ticket.version)
         prompt = self.ctx.prompts[ticket.prompt_index]
         ids = [sample_id(ticket.group, k) for k in range(ticket.size)]
-        seeds = [ticket.base_seed + k for k in range(ticket.size)]
+        seeds = [sample_seed(self.recipe.run.seed, sid) for sid in ids]  # a function of the id alone
         chunk = self.recipe.pipeline.rollout_batch
         parts = [
             self.policy.rollout([prompt] * len(seeds[i : i + chunk]), seeds[i : i + chunk])

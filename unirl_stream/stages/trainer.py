@@ -26,16 +26,13 @@ class TrainerStage(StageBase):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        import torch
+        from unirl_stream.algorithms.train import make_optimizer
 
         policy_cls = registry.load("models", self.recipe.model.name)
         self.policy: Any = policy_cls.from_recipe(self.recipe, device=ctx.device)
         self.store.declare(self.policy.field_specs())
         self.objective = registry.load("algorithms", self.recipe.algorithm.name)(self.recipe.algorithm)
-        a = self.recipe.algorithm
-        self.optimizer = torch.optim.AdamW(
-            list(self.policy.trainable_parameters()), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay
-        )
+        self.optimizer = make_optimizer(self.policy, self.recipe.algorithm)
         self.weights = CoordinatorWeights(ctx.control)
         self.steps = 0
         self.version = 0
@@ -101,7 +98,7 @@ class TrainerStage(StageBase):
         prompts = [self.ctx.prompts_by_id[prompt_of_group(members[j][1].group)] for j in kept]
         trained_at = self.version
         losses = train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch[keep],
-                                self.recipe.algorithm)
+                                self.recipe.algorithm, bump_version=False)
         self.steps += 1
         latency = 0.0
         if self.steps % self.recipe.pipeline.publish_every == 0:
