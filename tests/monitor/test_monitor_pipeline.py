@@ -82,7 +82,7 @@ def test_real_pipeline_feeds_the_monitor(tmp_path, monkeypatch) -> None:
     panel = text.export_text()
     for pat in (rf"rollout\s+\d+/2\s+{NUM}\s+\d+\s+(\d+|n/a)\s+\d+%\s+\d+",
                 rf"policy version {NUM} · mean {NUM} · max {NUM}",
-                rf"reward {NUM} ± {NUM}", rf"loss {NUM} · clip frac {NUM} · approx kl {NUM}",
+                rf"reward {NUM} ± {NUM}", rf"terms synthetic {NUM}", rf"loss {NUM} · clip frac {NUM} · approx kl {NUM}",
                 rf"used {NUM} \w?B / {NUM} \w?B", rf"put / get {NUM} / {NUM} MB/s"):
         assert re.search(pat, panel), f"{pat!r} not in\n{panel}"
     assert f"[{run_dir.name}" in out.getvalue()  # the --no-live log lines were printed

@@ -168,3 +168,15 @@ def test_aggregator_in_process_metrics_rows(tmp_path) -> None:
     assert rows[3]["staleness_mean"] == pytest.approx(sum(round_events(3)[4].staleness) / BATCH)
     assert rows[4]["learning"]["samples"] == snap.learning.samples == 4 * BATCH
     assert rows[5]["finished"] is True and rows[4]["finished"] is False
+
+
+def test_reward_terms_fall_back_to_reward_worker_ticks() -> None:
+    st = MetricsState("r", eta=1)
+    st.apply(TrainStep(run_id="r", source="trainer/0", t=0, step=0, reward_mean=0.5), 0.0)
+    st.apply(tick("reward", 0, 8, 1, 0, **{"reward/total": 0.5, "reward/ocr": 0.2,
+                                          "reward/clip": 0.6, "reward_seconds/ocr": 3.0}), 0.0)
+    st.apply(tick("reward", 1, 8, 1, 0, **{"reward/ocr": 0.4}), 0.0)
+    assert st.snapshot(1.0).learning.reward_terms == {"clip": 0.6, "ocr": pytest.approx(0.3)}
+    # a trainer that reports its own batch's terms wins
+    st.apply(TrainStep(run_id="r", source="trainer/0", t=0, step=1, reward_terms={"ocr": 0.9}), 0.0)
+    assert st.snapshot(1.0).learning.reward_terms == {"ocr": 0.9}

@@ -85,6 +85,7 @@ def test_offline_run_has_logged_keys(tmp_path, monkeypatch) -> None:
     pipe = [r for r in rows if "pipeline/time_s" in r]
     assert pipe and pipe[-1]["pipeline/rollout/samples_per_s"] == pytest.approx(9.0)
     assert pipe[-1]["pipeline/policy_version"] == 1 and pipe[-1]["pipeline/drops/stale"] == 2
+    assert pipe[-1]["pipeline/reward_terms/ocr"] == 0.5
     media = [r for r in rows if r.get("media/sample/_type") == "image-file"]
     assert [r["train/step"] for r in media] == [0, 2]
     # first sample's 5 frames -> 4 evenly spaced 40x64 frames side by side

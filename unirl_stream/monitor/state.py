@@ -170,6 +170,20 @@ class MetricsState:
             put_mb_s=put, get_mb_s=get, deleted_total=s.deleted_total, tasks=dict(s.tasks),
         )
 
+    def _learning_view(self) -> LearningView:
+        """The latest TrainStep; per-term rewards from it, or else from what reward
+        workers report in their ticks (``values["reward/<term>"]``, mean over workers)."""
+        view = msgspec.structs.replace(self.learning)
+        if view.reward_terms:
+            return view
+        sums: dict[str, list[float]] = {}
+        for w in self.workers.values():
+            for k, v in w.values.items():
+                if k.startswith("reward/") and k != "reward/total":
+                    sums.setdefault(k[len("reward/") :], []).append(v)
+        view.reward_terms = {k: sum(v) / len(v) for k, v in sorted(sums.items())}
+        return view
+
     def snapshot(self, now: float, seq: int = 0, bus: BusView | None = None) -> Snapshot:
         self._expire(now)
         count = sum(self.hist)
@@ -188,7 +202,7 @@ class MetricsState:
                 last_mean=self.stale_last_mean, histogram=list(self.hist),
                 drops=dict(self.drops), producer_versions=producers,
             ),
-            learning=msgspec.structs.replace(self.learning),
+            learning=self._learning_view(),
             store=self._store_view(),
             bus=bus,
         )

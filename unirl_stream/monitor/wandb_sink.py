@@ -124,6 +124,8 @@ class WandbSink(MonitorSink):
             row[f"pipeline/{st.name}/idle_frac"] = st.idle_frac
             row[f"pipeline/{st.name}/queue_depth"] = st.queue_depth
             row[f"pipeline/{st.name}/workers_alive"] = st.workers_alive
+        for term, v in snap.learning.reward_terms.items():
+            row[f"pipeline/reward_terms/{term}"] = v
         row["pipeline/policy_version"] = snap.staleness.policy_version
         row["pipeline/staleness_mean"] = snap.staleness.mean
         for reason, n in snap.staleness.drops.items():
