@@ -91,6 +91,28 @@ class RayLink:
 class Plane:
     """Default payload plane: the index's locations *are* the payloads (subclasses differ)."""
 
+    def put(
+        self, link: Any, ids: list[str], cols: dict[str, torch.Tensor],
+        infos: dict[str, FieldInfo], metas: list[SampleMeta] | None, wait: float,
+    ) -> list[Any]:
+        """Reserve -> write -> commit; returns the locations the write replaced."""
+        token = link.reserve(ids, infos, metas, wait)
+        try:
+            locs = self.write(ids, cols, infos)
+        except BaseException as e:
+            link.call("abort", token)
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"put of {describe_ids(ids)}: writing payloads failed: {e}") from e
+        return self.commit_or_discard(link, token, locs)
+
+    def commit_or_discard(self, link: Any, token: int, locs: Any) -> list[Any]:
+        try:
+            return self.commit(link, token, locs)
+        except BaseException:
+            self.discard(locs)
+            raise
+
     def write(self, ids: list[str], cols: dict[str, torch.Tensor], infos: dict[str, FieldInfo]) -> Any:
         raise NotImplementedError
 
@@ -158,19 +180,7 @@ class IndexedStore:
         cols, infos = codec.columns(ids, fields)
         metas = list(meta) if meta is not None else None
         wait = self._put_timeout if timeout is None else float(timeout)
-        token = self._link.reserve(ids, infos, metas, wait)
-        try:
-            locs = self._plane.write(ids, cols, infos)
-        except BaseException as e:
-            self._link.call("abort", token)
-            if isinstance(e, StoreError):
-                raise
-            raise StoreError(f"put of {describe_ids(ids)}: writing payloads failed: {e}") from e
-        try:
-            replaced = self._plane.commit(self._link, token, locs)
-        except BaseException:
-            self._plane.discard(locs)
-            raise
+        replaced = self._plane.put(self._link, ids, cols, infos, metas, wait)
         if replaced:
             self._plane.free(replaced)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from unirl_stream.api import StoreFullError
 from unirl_stream.storage.index import SampleIndex
 
 MAX_CONCURRENCY = 64
@@ -44,6 +45,21 @@ class IndexServer(SampleIndex):
             raise
         locs = [dict.fromkeys(p, ref) for p, ref in zip(payloads, refs, strict=True)]
         return self.commit(token, locs)
+
+    def put_now(
+        self, ids: Sequence[str], infos: Any, metas: Any, payloads: Any, own: bool
+    ) -> list[Any] | None:
+        """Reserve and commit in one call if the budget has room now; None if it is full.
+
+        Saves the writer one round trip per put; validation errors raise as usual.
+        """
+        try:
+            token = self.reserve(ids, infos, metas, 0.0)
+        except StoreFullError:
+            return None
+        if own:
+            return self.commit_payload(token, payloads)
+        return self.commit(token, payloads)
 
     # -- Mooncake segment holder -------------------------------------------------------
     def mount_mooncake(self, settings: Any) -> str:

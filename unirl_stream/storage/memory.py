@@ -72,6 +72,19 @@ class RayObjectPlane(Plane):
 
         return [dict.fromkeys(p, ray.put(p)) if p else {} for p in per_sample]
 
+    def put(
+        self, link: Any, ids: list[str], cols: dict[str, torch.Tensor],
+        infos: dict[str, FieldInfo], metas: Any, wait: float,
+    ) -> list[Any]:
+        """One index call when the budget has room (the common case), else two-phase."""
+        payloads = self.write(ids, cols, infos)
+        own = self.owner == "controller"
+        replaced = link.call("put_now", ids, infos, metas, payloads, own)
+        if replaced is not None:
+            return replaced
+        token = link.reserve(ids, infos, metas, wait)  # blocks (backpressure)
+        return self.commit_or_discard(link, token, payloads)
+
     def commit(self, link: Any, token: int, locs: Any) -> list[Any]:
         if self.owner == "controller":
             return link.call("commit_payload", token, locs)
