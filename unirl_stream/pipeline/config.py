@@ -52,6 +52,10 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     train_requires: list[str] = msgspec.field(default_factory=lambda: ["advantage"])
     """Fields a sample needs before the trainer may claim it; a plugin stage that writes
     a field (e.g. a filter's ``keep``) joins the chain by adding it here."""
+    train_filters: list[str] = []
+    """uint8 fields that must be 1 for a sample to be trained (e.g. a filter stage's
+    ``keep``); samples with 0 end as dropped, reason ``filtered: <field>=0``. Implies
+    ``train_requires``."""
     stages: list[StageSpec] = []
     rollout: Placement = msgspec.field(default_factory=Placement)
     reward: Placement = msgspec.field(default_factory=Placement)

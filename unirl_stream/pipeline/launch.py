@@ -43,7 +43,8 @@ class Run:
             self.store = open_store(self.recipe.store, use_ray=self.use_ray)
             for task, requires, by_group in TASKS:
                 self.store.register_task(task, list(requires), by_group)
-            self.store.register_task("train", self.recipe.pipeline.train_requires, True)
+            p = self.recipe.pipeline
+            self.store.register_task("train", list(dict.fromkeys(p.train_requires + p.train_filters)), True)
             self.control = Control(self._coordinator())
             self.metrics = MetricsHub.start(self.run_dir, self.recipe, self.run_id, live=self.live)
             self.control.close_out("interrupted: the run stopped before this sample was trained")

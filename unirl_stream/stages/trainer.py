@@ -40,7 +40,8 @@ class TrainerStage(StageBase):
         if ctx.resume_from is not None:
             self.steps, self.version = checkpoint.restore(ctx.resume_from, self.policy, self.optimizer)
         self.fields = [f.name for f in self.policy.field_specs() if f.name != "media"]
-        self.fields += ["reward", "reward_ok", "advantage"]
+        self.filters = list(self.recipe.pipeline.train_filters)
+        self.fields += ["reward", "reward_ok", "advantage", *self.filters]
         self._publish(latency=0.0)
 
     def _publish(self, latency: float) -> float:
@@ -93,8 +94,17 @@ class TrainerStage(StageBase):
         members = [(sid, m) for _, ids, m in groups for sid in ids]
         ids = [sid for sid, _ in members]
         batch = self.store.get(ids, self.fields)
-        keep = batch["reward_ok"].bool()
+        keep = batch["reward_ok"].bool()  # reward dropped (NaN, on_nan = "drop"): already final
+        rewards, advs = batch["reward"].tolist(), batch["advantage"].tolist()
+        for f, mask in self._filtered(batch, keep).items():
+            self.ctx.control.finalize([
+                self._outcome(members[j][0], members[j][1], "dropped", f"filtered: {f}=0", None, rewards[j], advs[j])
+                for j in mask.nonzero().flatten().tolist()])
+            keep &= ~mask
         kept = [j for j, k in enumerate(keep.tolist()) if k]
+        if not kept:  # everything was dropped or filtered: nothing to learn from, no step
+            self.store.delete(ids)
+            return {}
         prompts = [self.ctx.prompts_by_id[prompt_of_group(members[j][1].group)] for j in kept]
         trained_at = self.version
         losses = train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch[keep],
@@ -104,7 +114,6 @@ class TrainerStage(StageBase):
         if self.steps % self.recipe.pipeline.publish_every == 0:
             self.version += 1
             latency = self._publish(0.0)
-        rewards, advs = batch["reward"].tolist(), batch["advantage"].tolist()
         self.ctx.control.finalize([
             self._outcome(members[j][0], members[j][1], "trained", "", trained_at, rewards[j], advs[j])
             for j in kept
@@ -122,6 +131,15 @@ class TrainerStage(StageBase):
             publish_latency_s=latency))
         self._maybe_checkpoint()
         return {"loss": last.loss, "reward_mean": mean, "step": float(self.steps)}
+
+    def _filtered(self, batch: Any, keep: Any) -> dict[str, Any]:
+        """Per filter field, the samples (still kept so far) that it removes."""
+        out = {}
+        for f in self.filters:
+            mask = keep & (batch[f].reshape(-1) == 0)
+            keep = keep & ~mask
+            out[f] = mask
+        return out
 
     def _outcome(self, sid: str, meta: SampleMeta, status: str, reason: str, trained_at: int | None,
                  reward: float | None = None, advantage: float | None = None) -> SampleOutcome:
