@@ -8,14 +8,13 @@ import sys
 import msgspec
 import pytest
 import torch
+from reward_helpers import make_prompts
 
 from unirl_stream import registry
 from unirl_stream.api import Prompt, UserInputError
 from unirl_stream.rewards.base import frame_indices
 from unirl_stream.rewards.jpeg import JpegCompressibility, JpegIncompressibility
 from unirl_stream.rewards.simple import Brightness
-
-from reward_helpers import make_prompts
 
 
 def test_frame_indices() -> None:
@@ -121,3 +120,16 @@ def test_every_builtin_registers_and_imports_without_torch() -> None:
               "jpeg_incompressibility", "ocr", "pickscore", "remote", "video_pickscore"):
         assert f"'{n}'" in names
     assert heavy == "[]"
+
+
+def test_builtins_satisfy_the_scorer_protocol() -> None:
+    from unirl_stream.api import Scorer
+    from unirl_stream.rewards.remote import RemoteReward
+
+    for scorer in (Brightness(), JpegCompressibility(), RemoteReward(RemoteReward.Config(url="http://127.0.0.1:9"))):
+        assert isinstance(scorer, Scorer)
+        assert scorer.device == "cpu" and scorer.batch_size >= 1 and scorer.name
+    remote = RemoteReward(RemoteReward.Config(url="http://127.0.0.1:9", batch_size=4, concurrency=3))
+    assert remote.batch_size == 12  # a reward set hands it enough for 3 requests in flight
+    with pytest.raises(msgspec.ValidationError, match="http://HOST:PORT"):
+        msgspec.convert({"url": "127.0.0.1:9"}, RemoteReward.Config)

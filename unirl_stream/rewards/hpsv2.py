@@ -75,7 +75,11 @@ class HPSv2(FrameScorer):
 
     def __init__(self, config: HPSv2Config | None = None) -> None:
         super().__init__(config)
-        from unirl_stream.rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageGeometry
+        from unirl_stream.rewards.clip_common import (
+            OPENAI_CLIP_MEAN,
+            OPENAI_CLIP_STD,
+            ImageGeometry,
+        )
 
         cfg = self.config
         self.device = resolve_device(cfg.device)

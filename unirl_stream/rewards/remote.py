@@ -13,7 +13,6 @@ The declared ``batch_size`` (what a reward set hands this scorer per call) is
 from __future__ import annotations
 
 import http.client
-import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +123,7 @@ class RemoteReward:
             conn.request("POST", self.base + "/score", body, {"Content-Type": wire.CONTENT_TYPE})
             resp = conn.getresponse()
             data = resp.read()
-        except (OSError, http.client.HTTPException, socket.timeout) as e:
+        except (TimeoutError, OSError, http.client.HTTPException) as e:
             raise _Attempt(f"{type(e).__name__}: {e}", retry=True) from None
         finally:
             conn.close()

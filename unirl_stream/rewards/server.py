@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="scorer option, value parsed as TOML (repeatable), e.g. --set aggregate='\"min\"'")
+                    help="scorer option, value parsed as TOML else kept as a string (repeatable), "
+                         "e.g. --set aggregate=min --set batch_size=8")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

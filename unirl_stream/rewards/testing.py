@@ -163,7 +163,12 @@ def save_tiny_got(folder: Path, seed: int = 0) -> Path:
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration, GotOcr2Processor, PreTrainedTokenizerFast
+    from transformers import (
+        GotOcr2Config,
+        GotOcr2ForConditionalGeneration,
+        GotOcr2Processor,
+        PreTrainedTokenizerFast,
+    )
     from transformers.models.got_ocr2 import GotOcr2ImageProcessorPil
 
     folder.mkdir(parents=True, exist_ok=True)
