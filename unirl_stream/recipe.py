@@ -80,7 +80,7 @@ class Recipe(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # ---------------------------------------------------------------------------- errors
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_GOT_TYPE = re.compile(r", got [a-z]+$")
+_GOT_TYPE = re.compile(r", got \S+$")  # msgspec's "got str" / "got 1": we show the value
 _MISSING = object()
 
 
@@ -249,8 +249,11 @@ def decode(raw: dict[str, Any], where: str, overrides: list[str] | None = None) 
         text = explain(e, raw, Recipe)
         field = text.partition(":")[0]
         for item in overrides or []:
-            key = item.partition("=")[0].strip()
-            if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            # reward.0.weight (a --set key) is reward[0].weight in messages
+            key = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", item.partition("=")[0].strip())
+            if field == key or field.startswith((key + ".", key + "[")) or key.startswith(
+                (field + ".", field + "[")
+            ):
                 text += f" (from --set {item})"
         raise UserInputError(f"{where}: {text}") from None
 
