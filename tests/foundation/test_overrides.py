@@ -98,3 +98,16 @@ def test_bad_set_fails_like_the_bad_file(base_recipe: Path, old: str, new: str, 
     with pytest.raises(UserInputError) as from_set:
         load(base_recipe, [item])
     assert str(from_set.value).removesuffix(f" (from --set {item})") == str(from_file.value)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [("sampling.sde.fraction=[0.1]", "sampling.sde.fraction: expected array of length 2, got [0.1]"),
+     ("model.lora.experts=['high', 'mid']", "model.lora.experts[1]: expected one of 'high', 'low', got 'mid'"),
+     ("reward.0={}", "reward[0].name: required key missing"),
+     ("reward.0.weight=true", "reward[0].weight: expected float, got True")],
+)
+def test_errors_from_set_say_so(base_recipe: Path, item: str, expected: str) -> None:
+    with pytest.raises(UserInputError) as err:
+        load(base_recipe, [item])
+    assert str(err.value) == f"{base_recipe}: {expected} (from --set {item})"
