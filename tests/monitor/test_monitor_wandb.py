@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ def read_wandb_records(path: Path) -> list:
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break  # still being written
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0:
@@ -41,6 +44,18 @@ def read_wandb_records(path: Path) -> list:
             rec.ParseFromString(buf)
             out.append(rec)
     return out
+
+
+def finished_records(path: Path, timeout: float = 30.0) -> list:
+    """wandb's core process may still be writing after ``finish()`` returns (seen under
+    load): wait for the run's exit record before reading the history."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, "wandb never wrote the run's exit record"
+        time.sleep(0.2)
 
 
 def history(records: list) -> list[dict]:
@@ -75,7 +90,7 @@ def test_offline_run_has_logged_keys(tmp_path, monkeypatch) -> None:
 
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    rows = history(read_wandb_records(next(runs[0].glob("run-*.wandb"))))
+    rows = history(finished_records(next(runs[0].glob("run-*.wandb"))))
     train = [r for r in rows if "train/loss" in r]
     assert [r["train/step"] for r in train] == [0, 1, 2, 3]
     assert train[3]["train/loss"] == pytest.approx(0.13)
