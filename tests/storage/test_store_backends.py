@@ -94,7 +94,9 @@ def silent_peer() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("kind", ["refused", "silent"])
-def test_unreachable_master_fails_fast_naming_the_address(kind: str, request: pytest.FixtureRequest) -> None:
+def test_unreachable_master_fails_fast_naming_the_address(
+    kind: str, request: pytest.FixtureRequest, mooncake_master: str
+) -> None:
     address = f"127.0.0.1:{_free_port()}" if kind == "refused" else request.getfixturevalue("silent_peer")
     cfg = StoreConfig(backend="mooncake", options={"master_address": address})
     t0 = time.monotonic()
@@ -103,7 +105,8 @@ def test_unreachable_master_fails_fast_naming_the_address(kind: str, request: py
     assert time.monotonic() - t0 < 30
     assert address in str(info.value)
     # The process is still usable: a store on a live master works afterwards.
-    store = open_store(StoreConfig(backend="mooncake", budget_mb=4), use_ray=False)
+    live = StoreConfig(backend="mooncake", budget_mb=4, options={"master_address": mooncake_master})
+    store = open_store(live, use_ray=False)
     store.put(["after"], {"x": torch.ones(1, 2)}, [SampleMeta("a", 1)])
     assert store.get(["after"], ["x"])["x"].sum() == 2
     store.shutdown()

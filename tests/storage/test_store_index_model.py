@@ -188,7 +188,8 @@ class IndexVsModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
         ids = data.draw(st.lists(st.sampled_from(sorted(self.samples)), min_size=1, max_size=3, unique=True))
-        self.index.delete([*ids, "never:written"])
+        gone, _ = self.index.delete([*ids, "never:written"])
+        assert gone == ids
         for sid in ids:
             for cid in self.samples.pop(sid).leased.values():
                 self.leases[cid].ids.discard(sid)

@@ -177,6 +177,8 @@ class IndexedStore:
         timeout: float | None = None,
     ) -> None:
         ids = list(ids)
+        if not ids:
+            return
         cols, infos = codec.columns(ids, fields)
         metas = list(meta) if meta is not None else None
         wait = self._put_timeout if timeout is None else float(timeout)
@@ -185,9 +187,9 @@ class IndexedStore:
             self._plane.free(replaced)
 
     def delete(self, ids: Sequence[str]) -> None:
-        ids = list(ids)
-        locs = self._link.call("delete", ids)
-        self._plane.deleted(ids, locs)
+        gone, locs = self._link.call("delete", list(ids))
+        if gone:
+            self._plane.deleted(gone, locs)
 
     # -- claims
     def claim(self, task: str, n: int, lease_s: float | None = None) -> Claim | None:

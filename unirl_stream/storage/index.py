@@ -355,14 +355,16 @@ class SampleIndex:
         with self._cond:
             return [self._sample(sid).meta for sid in ids]
 
-    def delete(self, ids: Sequence[str]) -> list[Any]:
-        """Forget samples; returns their payload locations (for the plane to free)."""
+    def delete(self, ids: Sequence[str]) -> tuple[list[str], list[Any]]:
+        """Forget samples; returns the ids that existed and their payload locations."""
         freed: list[Any] = []
+        gone: list[str] = []
         with self._cond:
             for sid in ids:
                 s = self._samples.pop(sid, None)
                 if s is None:
                     continue
+                gone.append(sid)
                 for task, t in self._tasks.items():
                     leave(sid, s, t)
                     cid = s.leased.get(task)
@@ -377,7 +379,7 @@ class SampleIndex:
                 self._used -= s.nbytes
                 self._deleted += 1
             self._cond.notify_all()
-        return freed
+        return gone, freed
 
     def stats(self) -> StoreStats:
         with self._cond:

@@ -119,8 +119,7 @@ class TQPlane(Plane):
         return out
 
     def deleted(self, ids: list[str], locs: list[Any]) -> None:
-        if locs:  # something was deleted (one location per field of each deleted sample)
-            _tq().kv_clear(keys=ids, partition_id=self.partition)
+        _tq().kv_clear(keys=ids, partition_id=self.partition)
 
     def acked(self, task: str, ids: list[str]) -> None:
         if not self.mirror_acks:
