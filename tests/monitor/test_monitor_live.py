@@ -90,7 +90,7 @@ def test_once_json_matches_metrics_jsonl(live_agg: Aggregator, stop_event) -> No
     assert lo["learning"]["samples"] <= snap.learning.samples <= after["learning"]["samples"]
     assert (lo["staleness"]["policy_version"] <= snap.staleness.policy_version
             <= after["staleness"]["policy_version"])
-    assert after["seq"] - seq <= 2  # rows every tick_s = 2 publishes
+    assert after["seq"] - seq <= 3  # a row every tick_s = every 2nd or 3rd refresh
 
 
 def _rows(agg: Aggregator) -> list[dict]:

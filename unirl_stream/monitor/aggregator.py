@@ -301,10 +301,11 @@ class Aggregator:
             now = self.clock()
             if now >= next_pub or now >= next_row:
                 self.refresh(write_row=now >= next_row)
+                # after a stall, start afresh rather than fire a burst of catch-up refreshes
                 if now >= next_row:
-                    next_row = max(next_row + self.tick_s, now)
+                    next_row = max(next_row + self.tick_s, now + self.tick_s / 2)
                 if now >= next_pub:
-                    next_pub = max(next_pub + self.publish_s, now)
+                    next_pub = max(next_pub + self.publish_s, now + self.publish_s / 2)
         self._drain_pull()  # events already queued still count
 
     def _write_monitor_file(self, state: str) -> None:
@@ -320,10 +321,24 @@ class Aggregator:
 
 
 def _advertise(bind_host: str) -> str:
-    """The host other processes connect to: the bind host, or this node's address when
-    bound to all interfaces (multi-node Ray runs set ``[logging] bind_host = "0.0.0.0"``)."""
+    """The host other processes connect to: the bind host, or, when bound to all
+    interfaces (multi-node Ray runs set ``[logging] bind_host = "0.0.0.0"``), this node's
+    address as Ray sees it, else the address of the default route's interface (a UDP
+    "connect" sends nothing; it only asks the routing table). ``gethostbyname`` comes
+    last because Debian maps the host name to 127.0.1.1."""
     if bind_host not in ("0.0.0.0", "*", ""):
         return bind_host
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return str(ray.util.get_node_ip_address())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return str(s.getsockname()[0])
+    except OSError:
+        pass
     try:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
