@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
@@ -48,7 +49,10 @@ class Subscriber:
         while (left := deadline - time.monotonic()) > 0:
             if not self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
                 return None
-            snap = snapshot_from_msgpack(self.sock.recv())
+            try:
+                snap = snapshot_from_msgpack(self.sock.recv())
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # not one of our snapshots (another program on a reused port)
             if not self.run_id or snap.run_id == self.run_id:
                 return snap
         return None
