@@ -23,8 +23,9 @@ MOONCAKE_ENV = {
     # A master RPC that hangs (e.g. a peer that accepts TCP but is no mooncake_master)
     # fails after 10 s instead of 30 s. Payload transfers are not RPCs.
     "MC_RPC_TIMEOUT_MS": "10000",
-    # Keep Mooncake's glog INFO lines (several per client) out of our logs.
-    "GLOG_minloglevel": "1",
+    # Keep Mooncake's INFO lines (a dozen per client) out of our logs (GLOG_minloglevel
+    # has no effect on this build; MC_LOG_LEVEL does).
+    "MC_LOG_LEVEL": "WARNING",
 }
 for _key, _value in MOONCAKE_ENV.items():
     os.environ.setdefault(_key, _value)
