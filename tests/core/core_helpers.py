@@ -21,6 +21,7 @@ def make_recipe(layout: str = "two_expert", *, model: dict[str, Any] | None = No
                                 samples_per_prompt=4, sde={"fraction": [0.0, 1.0], **(sde or {})})
     samp.update(sampling)
     mdl: dict[str, Any] = {"path": f"tiny:{layout}", "max_sequence_length": 8,
+                           "options": {"decode_batch": 8},
                            "lora": {"rank": 4, "alpha": 8.0,
                                     "experts": ["high", "low"] if layout == "two_expert" else ["high"]}}
     for k, v in (model or {}).items():

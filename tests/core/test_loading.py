@@ -118,3 +118,16 @@ def test_check_and_import_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_production_recipe_trains_only_experts_its_sde_steps_reach() -> None:
+    """recipes/wan22_dancegrpo.toml: every expert with an adapter must get gradient."""
+    from unirl_stream.models.wan22 import experts_reached
+    from unirl_stream.recipe import load
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "wan22_dancegrpo.toml"
+    if not path.is_file():
+        pytest.skip("recipes/wan22_dancegrpo.toml not present")
+    recipe = load(path, check=False)
+    boundary = recipe.model.boundary_ratio if recipe.model.boundary_ratio is not None else 0.875
+    assert set(recipe.model.lora.experts) <= experts_reached(recipe.sampling, boundary)

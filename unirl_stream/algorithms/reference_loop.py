@@ -69,9 +69,11 @@ def run_reference_loop(
     prompts_per_round: int = 1,
     run_seed: int = 0,
     rollout_batch: int = 8,
+    per_step: bool = True,
 ) -> list[RoundLog]:
     """``rounds`` rounds; round r samples prompts r*P .. r*P+P-1 (cyclic) and trains on them
-    with ``algorithm.updates_per_batch`` updates. Returns one RoundLog per round."""
+    with ``algorithm.updates_per_batch`` updates (``per_step``: see ``train_on_batch``).
+    Returns one RoundLog per round."""
     import torch
 
     logs = []
@@ -84,6 +86,6 @@ def run_reference_loop(
         rewards = torch.as_tensor(reward_fn(batch["media"], per_sample), dtype=torch.float32).flatten()
         batch["reward"] = rewards
         batch["advantage"] = group_advantages(rewards, groups, algorithm.adv_std, algorithm.adv_clip)
-        stats = train_on_batch(policy, objective, optimizer, per_sample, batch, algorithm)
+        stats = train_on_batch(policy, objective, optimizer, per_sample, batch, algorithm, per_step=per_step)
         logs.append(RoundLog(r, version, float(rewards.mean()), float(rewards.std(unbiased=False)), stats))
     return logs

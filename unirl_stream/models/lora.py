@@ -52,8 +52,11 @@ def lora_parameters(model: Any) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if "lora_" in n]
 
 
-def export_lora(experts: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
-    """Safetensors bytes of the adapters of ``experts`` (name -> model), keys ``name.<key>``."""
+def export_lora(experts: dict[str, Any]) -> bytes:
+    """Safetensors bytes of the adapters of ``experts`` (name -> model), keys ``name.<key>``.
+
+    Byte-deterministic (equal weights give equal bytes): the header's metadata is a hash map
+    in safetensors, so it carries a single key; the policy version travels beside the blob."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save
 
@@ -61,7 +64,7 @@ def export_lora(experts: dict[str, Any], metadata: dict[str, str] | None = None)
     for name, model in experts.items():
         for key, t in get_peft_model_state_dict(model, adapter_name=ADAPTER).items():
             tensors[f"{name}.{key}"] = t.detach().to("cpu").contiguous()
-    return save(tensors, metadata={"format": "pt", **(metadata or {})})
+    return save(tensors, metadata={"format": "pt"})
 
 
 def import_lora(blob: bytes, experts: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from unirl_stream.algorithms.config import SamplingConfig
 from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import expert_of_steps, sigma_grid
 from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, reachable_steps, select_steps
@@ -40,6 +41,8 @@ class Wan22Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Prompt embeddings kept per process (LRU by prompt id); UMT5-XXL: ~4 MiB each in bf16."""
     vae_dtype: str | None = None
     """VAE dtype (default: model.dtype)."""
+    decode_batch: int = 1
+    """Samples per VAE decode call (a 480x832x33 decode peaks near 21 GiB; tiny models: more)."""
 
 
 def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
@@ -54,6 +57,13 @@ def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
         )
 
 
+def experts_reached(sampling: SamplingConfig, boundary_ratio: float | None, num_experts: int = 2) -> set[str]:
+    """Names of the experts ("high", "low") that some SDE step of ``sampling`` runs on."""
+    steps = reachable_steps(sampling.sde, sampling.num_inference_steps)
+    sig = sigma_grid(sampling.num_inference_steps, sampling.shift)
+    return {EXPERT_NAMES[e] for e in expert_of_steps(sig, boundary_ratio, steps, num_experts)}
+
+
 def _check_experts_reached(recipe: Recipe, index: dict[str, Any], two: bool) -> None:
     """Every expert that gets an adapter must see at least one SDE step, or its LoRA would
     never receive gradient (the UniRL recipe's fraction [0, 0.2] only reaches ``high``)."""
@@ -61,10 +71,10 @@ def _check_experts_reached(recipe: Recipe, index: dict[str, Any], two: bool) -> 
         return
     s, m = recipe.sampling, recipe.model
     boundary = m.boundary_ratio if m.boundary_ratio is not None else index.get("boundary_ratio")
-    steps = reachable_steps(s.sde, s.num_inference_steps)
-    reached = {EXPERT_NAMES[e] for e in expert_of_steps(sigma_grid(s.num_inference_steps, s.shift), boundary, steps)}
+    reached = experts_reached(s, boundary)
     idle = [e for e in m.lora.experts if e not in reached]
     if idle:
+        steps = reachable_steps(s.sde, s.num_inference_steps)
         raise UserInputError(
             f"model.lora.experts trains {idle} but no SDE step reaches it: steps {steps} of "
             f"{s.num_inference_steps} (shift {s.shift}, boundary_ratio {boundary}) all run on "
@@ -248,18 +258,18 @@ class Wan22Policy:
 
     @contextmanager
     def _train_mode(self) -> Iterator[None]:
-        # Only LoRA dropout differs between modes; with dropout 0 replay stays exact.
+        # Only LoRA dropout differs between modes; with dropout 0 (exact replay) nothing to do.
         active = self.recipe.model.lora.dropout > 0
-        for model in self.trained.values():
-            model.train(active)
+        for model in self.trained.values() if active else ():
+            model.train()
         try:
             yield
         finally:
-            for model in self.trained.values():
+            for model in self.trained.values() if active else ():
                 model.eval()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """fp32 latents [B, C, T, h, w] -> uint8 video [B, F, H, W, 3], one sample at a time."""
+        """fp32 latents [B, C, T, h, w] -> uint8 video [B, F, H, W, 3], ``decode_batch`` at a time."""
         import torch
 
         vae = self.components.vae
@@ -267,13 +277,14 @@ class Wan22Policy:
         mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, c, 1, 1, 1)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=latents.device).view(1, c, 1, 1, 1)
         out = []
+        step = max(1, self.options.decode_batch)
         with torch.no_grad():
-            for b in range(latents.shape[0]):
-                z = latents[b : b + 1] / inv_std + mean
+            for b in range(0, latents.shape[0], step):
+                z = latents[b : b + step] / inv_std + mean
                 video = vae.decode(z.to(vae.dtype), return_dict=False)[0].float()
                 u8 = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-                out.append(u8.permute(0, 2, 3, 4, 1)[0].cpu())
-        return torch.stack(out)
+                out.append(u8.permute(0, 2, 3, 4, 1).cpu())
+        return torch.cat(out)
 
     # ------------------------------------------------------------------ api.Policy
     def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> TensorDict:
@@ -319,7 +330,7 @@ class Wan22Policy:
         return [p for model in self.trained.values() for p in lora_parameters(model)]
 
     def export_weights(self) -> bytes:
-        return export_lora(self.trained, {"version": str(self.version)})
+        return export_lora(self.trained)
 
     def load_weights(self, blob: bytes, version: int) -> None:
         import torch
