@@ -21,11 +21,22 @@ import msgspec
 from unirl_stream.algorithms.config import SamplingConfig
 from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import expert_of_steps, sigma_grid
-from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, reachable_steps, select_steps
+from unirl_stream.algorithms.selection import (
+    latent_slots,
+    num_sde_steps,
+    reachable_steps,
+    select_steps,
+)
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models import loading
-from unirl_stream.models.lora import EXPERT_NAMES, add_lora, export_lora, import_lora, lora_parameters
+from unirl_stream.models.lora import (
+    EXPERT_NAMES,
+    add_lora,
+    export_lora,
+    import_lora,
+    lora_parameters,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
