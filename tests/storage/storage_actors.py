@@ -80,6 +80,9 @@ class Worker:
     def consume(self, store: Any, tasks: list[str], n: int, totals: dict[str, int], deadline_s: float) -> dict[str, Any]:
         return consume(store, tasks, n, totals, deadline_s)
 
+    def put(self, store: Any, ids: list[str], fields: dict[str, torch.Tensor], metas: list[SampleMeta]) -> None:
+        store.put(ids, fields, metas)
+
     def claim(self, store: Any, task: str, n: int, lease_s: float) -> Any:
         return store.claim(task, n, lease_s=lease_s)
 

@@ -87,6 +87,8 @@ def test_killed_claimant_lease_expires_and_writer_death_loses_nothing(
     store.register_task("train", ["latents"], by_group=True)
     victim = new_worker(ray)
     ids = ray.get(victim.write_groups.remote(store, "kill", 2, 3, 6))
+    big = torch.randn(1, 50_000)  # 200 KB: a Ray object / TransferQueue row / Mooncake object
+    ray.get(victim.put.remote(store, ["kill:big"], {"big": big}, [SampleMeta("kill:big", 1)]))
     claim = ray.get(victim.claim.remote(store, "train", 1, 2.0))
     assert claim is not None and list(claim.ids) == ids[:3]
     ray.kill(victim)  # the writer and claimant dies holding the lease
@@ -98,6 +100,7 @@ def test_killed_claimant_lease_expires_and_writer_death_loses_nothing(
     again = store.claim("train", 1)
     assert again is not None and list(again.ids) == ids[:3]  # expired: back at the front
     td = store.get(ids, ["latents", "log_probs"])  # payloads outlive their writer
+    assert torch.equal(store.get(["kill:big"], ["big"])["big"], big)
     for j, sid in enumerate(ids):
         want = storage_actors.payload(sid)
         assert torch.equal(td["latents"][j], want["latents"]), sid
@@ -128,13 +131,15 @@ def test_writer_owned_payloads_die_with_their_writer(make_store: Any, ray_cluste
     ray = ray_cluster
     store = make_store(payload_owner="writer")
     victim = new_worker(ray)
-    ids = ray.get(victim.write_groups.remote(store, "wo", 1, 2, 2))
-    assert store.get(ids, ["log_probs"])["log_probs"].shape == (2, 5)
+    ids = ["wo:0", "wo:1"]
+    big = torch.arange(2 * 20_000, dtype=torch.float32).reshape(2, -1)  # 80 KB: not inline
+    ray.get(victim.put.remote(store, ids, {"big": big}, [SampleMeta("wo", 2)] * 2))
+    assert torch.equal(store.get(ids, ["big"])["big"], big)
     ray.kill(victim)
     deadline = time.monotonic() + 30
     while True:  # Ray notices the owner's death asynchronously
         try:
-            store.get(ids, ["log_probs"])
+            store.get(ids, ["big"])
         except StoreError as e:
             assert ids[0] in str(e) and "writer" in str(e)
             break

@@ -30,7 +30,8 @@ class IndexServer(SampleIndex):
         return True
 
     def commit_payload(self, token: int, payloads: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Own the payloads: one ray.put per sample, made here, so this actor is the owner.
+        """Own the payloads: one ray.put per sample, made here, so this actor is the owner
+        (small samples are kept in this process instead, see memory.INLINE_MAX).
 
         Ray 2.56 removed ``ray.put(_owner=...)``; an object is owned by the process that
         put it and is lost when that process dies. Writers therefore pass the bytes to this
@@ -38,12 +39,19 @@ class IndexServer(SampleIndex):
         """
         import ray
 
+        from unirl_stream.storage.memory import INLINE_MAX
+
+        locs: list[dict[str, Any]] = []
         try:
-            refs = [ray.put(dict(p)) if p else None for p in payloads]
+            for p in payloads:
+                if sum(a.nbytes for a in p.values()) <= INLINE_MAX:
+                    # Copied: the arrays may be views of the call's argument buffer.
+                    locs.append({name: a.copy() for name, a in p.items()})
+                else:
+                    locs.append(dict.fromkeys(p, ray.put(dict(p))))
         except BaseException:
             self.abort(token)
             raise
-        locs = [dict.fromkeys(p, ref) for p, ref in zip(payloads, refs, strict=True)]
         return self.commit(token, locs)
 
     def put_now(

@@ -55,8 +55,14 @@ class LocalPlane(Plane):
         return out
 
 
+# Samples up to this many payload bytes live inside the index actor instead of in Ray's
+# object store: a plasma object costs more than the bytes, and they then travel inline in
+# the put and locate replies (one actor call each way, no object-store round trip).
+INLINE_MAX = 64 * 1024
+
+
 class RayObjectPlane(Plane):
-    """Payloads are Ray objects: one dict of uint8 rows per sample and write."""
+    """Payloads are Ray objects (one dict of uint8 rows per sample and write), or inline."""
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
@@ -70,7 +76,7 @@ class RayObjectPlane(Plane):
             return per_sample  # the actor puts them (commit_payload)
         import ray
 
-        return [dict.fromkeys(p, ray.put(p)) if p else {} for p in per_sample]
+        return [p if _small(p) else dict.fromkeys(p, ray.put(p)) for p in per_sample]
 
     def put(
         self, link: Any, ids: list[str], cols: dict[str, torch.Tensor],
@@ -93,7 +99,9 @@ class RayObjectPlane(Plane):
     def read(self, ids: list[str], fields: list[str], located: Located) -> dict[str, torch.Tensor]:
         import ray
 
-        refs = list(dict.fromkeys(ref for row in located for _, ref in row))
+        refs = list(dict.fromkeys(
+            loc for row in located for _, loc in row if isinstance(loc, ray.ObjectRef)
+        ))
         try:
             values = ray.get(refs)
         except (ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as e:
@@ -104,9 +112,13 @@ class RayObjectPlane(Plane):
         by_ref = dict(zip(refs, values, strict=True))
         out = {}
         for name, infos, locs in columns_of(fields, located):
-            parts = [by_ref[ref][name] for ref in locs]
+            parts = [by_ref[loc][name] if isinstance(loc, ray.ObjectRef) else loc for loc in locs]
             out[name] = codec.assemble(name, ids, infos, parts)
         return out
+
+
+def _small(payload: dict[str, Any]) -> bool:
+    return sum(a.nbytes for a in payload.values()) <= INLINE_MAX
 
 
 class MemoryStore(IndexedStore):
