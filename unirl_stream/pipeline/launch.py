@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from unirl_stream.api import MetricEvent
+from unirl_stream.monitor.setup import Monitoring
 from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.control import Control
 from unirl_stream.pipeline.coordinator import Coordinator, CoordinatorState
-from unirl_stream.pipeline.metrics_hub import MetricsHub
 from unirl_stream.pipeline.runner import StageActor, StageLoop, format_error
 from unirl_stream.recipe import Recipe
 from unirl_stream.stages.base import StageContext
@@ -46,7 +46,8 @@ class Run:
             p = self.recipe.pipeline
             self.store.register_task("train", list(dict.fromkeys(p.train_requires + p.train_filters)), True)
             self.control = Control(self._coordinator())
-            self.metrics = MetricsHub.start(self.run_dir, self.recipe, self.run_id, live=self.live)
+            self.metrics = Monitoring.start(self.run_dir, self.recipe, self.run_id,
+                                           live=self.live and self.recipe.logging.live)
             self.control.close_out("interrupted: the run stopped before this sample was trained")
             self._start_workers()
         except BaseException:

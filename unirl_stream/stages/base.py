@@ -7,13 +7,12 @@ them (a Ray actor or a thread of an in-process run); they never import each othe
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import MetricSink, NullSink, Prompt, SampleStore, StepResult
+from unirl_stream.api import MetricSink, NullSink, Prompt, SampleOutcome, SampleStore, StepResult
 from unirl_stream.pipeline.control import Control
 from unirl_stream.recipe import Recipe
 
@@ -65,5 +64,10 @@ class StageBase:
     def close(self) -> None:
         """Release resources when the run ends (override if needed)."""
 
-    def now(self) -> float:
-        return time.time()
+    def finalize(self, rows: list[SampleOutcome]) -> None:
+        """Record how samples ended: the ledger (exactly once, via the coordinator) and,
+        for drops, the metrics bus (the monitor's drops-by-reason)."""
+        self.ctx.control.finalize(rows)
+        for row in rows:
+            if row.status == "dropped":
+                self.ctx.sink.emit(row)

@@ -72,7 +72,7 @@ class RewardStage(StageBase):
 
     def _drop(self, ids: list[str], bad: dict[str, str]) -> None:
         metas = dict(zip(ids, self.store.meta(ids)))
-        self.ctx.control.finalize([
+        self.finalize([
             SampleOutcome(run_id=self.ctx.run_id, source=self.ctx.source, t=time.time(),
                           sample_id=sid, prompt_id=prompt_of_group(metas[sid].group),
                           status="dropped", reason=reason,

@@ -80,7 +80,7 @@ class TrainerStage(StageBase):
             staleness = self.version - meta.behavior_version
             if staleness > self.recipe.pipeline.max_staleness:
                 reason = f"stale: sampled by v{meta.behavior_version}, trainer at v{self.version}, max_staleness={self.recipe.pipeline.max_staleness}"
-                self.ctx.control.finalize([self._outcome(sid, meta, "dropped", reason, None) for sid in members])
+                self.finalize([self._outcome(sid, meta, "dropped", reason, None) for sid in members])
                 self.store.delete(members)
                 self.ctx.control.drop_group(1)
                 dropped += len(members)
@@ -97,7 +97,7 @@ class TrainerStage(StageBase):
         keep = batch["reward_ok"].bool()  # reward dropped (NaN, on_nan = "drop"): already final
         rewards, advs = batch["reward"].tolist(), batch["advantage"].tolist()
         for f, mask in self._filtered(batch, keep).items():
-            self.ctx.control.finalize([
+            self.finalize([
                 self._outcome(members[j][0], members[j][1], "dropped", f"filtered: {f}=0", None, rewards[j], advs[j])
                 for j in mask.nonzero().flatten().tolist()])
             keep &= ~mask
@@ -114,7 +114,7 @@ class TrainerStage(StageBase):
         if self.steps % self.recipe.pipeline.publish_every == 0:
             self.version += 1
             latency = self._publish(0.0)
-        self.ctx.control.finalize([
+        self.finalize([
             self._outcome(members[j][0], members[j][1], "trained", "", trained_at, rewards[j], advs[j])
             for j in kept
         ])
