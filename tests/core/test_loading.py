@@ -91,8 +91,10 @@ def test_missing_weights_name_the_path_and_how_to_get_them(tmp_path: Path, monke
     assert str(partial) in msg and "transformer/" in msg and "vae/ weights" in msg
     assert "Wan-AI/Wan2.2-TI2V-5B-Diffusers" in msg
     # A hub id that is not in the (empty) local cache: never downloaded, named.
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(UserInputError, match=r"Wan-AI/Wan2\.2-T2V-A14B-Diffusers: not a local folder.*huggingface-cli download"):
         Wan22Policy.check(_recipe_with_path("Wan-AI/Wan2.2-T2V-A14B-Diffusers"))
 

@@ -12,10 +12,10 @@ from core_helpers import PROMPTS, build_policy, make_recipe, perturb_lora
 from unirl_stream.algorithms.trajectory import from_tensordict, to_tensordict
 
 FP32_TOL = 1e-5
-# bf16 bound: on CPU the tiny model replays bit-exactly (measured 0.0); on GPU, batch
-# composition changes bf16 GEMM blocking. We assert 2e-3 on the per-step (element-averaged)
-# log-prob, ~20x below the 0.05 log-ratio where a 1e-4..0.2 clip range starts to matter.
-BF16_TOL = 2e-3
+# bf16 bound: on CPU the tiny model replays bit-exactly (measured 0.0). On an H200, a random
+# 4-layer two-expert Wan (12x128 heads, 480x832x17 = 7800 tokens, LoRA r64) replayed within
+# 7e-6 in bf16 (another batch composition) and 1.2e-7 in fp32 (TF32 off). We state 1e-4.
+BF16_TOL = 1e-4
 
 SELECTIONS = {
     "fraction": {"selection": "fraction", "fraction": [0.0, 1.0]},

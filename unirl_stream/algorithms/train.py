@@ -9,8 +9,9 @@
    (the loss is a mean over (sample, step) terms, so each chunk's loss is weighted by its
    share of the terms: the summed gradient equals the full-batch gradient, while only one
    step's activations are alive at a time, as DanceGRPO does);
-3. gradient clipping to ``max_grad_norm``; ``policy.version`` += 1 per optimizer step
-   (policy version = optimizer steps applied; MixGRPO's window and staleness count these).
+3. gradient clipping to ``max_grad_norm`` before each optimizer step; then ``policy.version``
+   += 1 for the batch (one trainer step = one batch = one policy version, as the pipeline
+   counts them with ``publish_every = 1``; MixGRPO's window and staleness count versions).
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def train_on_batch(
                 parts.append((w, stats))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         optimizer.step()
-        if bump_version:
-            policy.version += 1
         history.append(_merge(parts, grad_norm))
+    if bump_version:
+        policy.version += 1
     return history
 
 
