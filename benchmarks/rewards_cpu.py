@@ -75,6 +75,7 @@ def build_models(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def bench_scorers(rows: Rows, options: dict[str, dict[str, Any]], quick: bool, threads: int) -> None:
+    """One row per (scorer, size): samples/s of a RewardSet holding that scorer alone."""
     from unirl_stream.rewards.combine import RewardSet
     from unirl_stream.rewards.config import RewardSpec
 
@@ -104,6 +105,27 @@ def start_server(name: str, opts: dict[str, Any], threads: int) -> tuple[subproc
     return proc, m.group(1)
 
 
+def transport_ms(url: str, b: int, side: int, n: int = 20) -> tuple[float, float]:
+    """(client wall ms, server scoring ms) per raw request of b samples: the difference is
+    what the service adds (encode, HTTP on loopback, decode)."""
+    import msgspec
+
+    from unirl_stream.rewards import wire
+    from unirl_stream.rewards.remote import RemoteConfig, RemoteReward
+
+    client = RemoteReward(RemoteConfig(url=url, concurrency=1, batch_size=b))
+    m, p = media(b, side), prompts(b)
+    walls, server = [], []
+    for k in range(n + 3):
+        t0 = time.perf_counter()
+        body = msgspec.msgpack.encode(wire.ScoreRequest(wire.encode_media(m), p))
+        reply = client._post_once(body)
+        if k >= 3:  # warm-up
+            walls.append(time.perf_counter() - t0)
+            server.append(reply.seconds)
+    return 1000 * sum(walls) / n, 1000 * sum(server) / n
+
+
 def bench_remote(rows: Rows, options: dict[str, dict[str, Any]], quick: bool, threads: int) -> float:
     """Remote vs in-process for PickScore and brightness at 256x256; returns the PickScore
     raw-encoding ratio (remote / in-process samples/s)."""
@@ -119,16 +141,22 @@ def bench_remote(rows: Rows, options: dict[str, dict[str, Any]], quick: bool, th
         rows.add({**cfg, "where": "in-process"}, "throughput", base, "samples/s")
         proc, url = start_server(name, opts, threads)
         try:
-            for encoding in ("raw", "png"):
+            for encoding, conc in (("raw", 1), ("raw", 2), ("png", 1)):
                 remote = RewardSet.from_specs([RewardSpec(name="remote", options={
-                    "url": url, "batch_size": 8, "concurrency": 2, "encoding": encoding})])
+                    "url": url, "batch_size": 8, "concurrency": conc, "encoding": encoding})])
                 sps = throughput(remote, b, side, 1, min_s)
-                rows.add({**cfg, "where": "remote", "encoding": encoding}, "throughput", sps, "samples/s")
-                rows.add({**cfg, "encoding": encoding}, "remote_over_local", sps / base, "ratio")
-                print(f"{name:12s} remote/{encoding}: {sps:8.1f} samples/s vs in-process {base:8.1f}"
-                      f" ({sps / base:.2f}x)", flush=True)
-                if name == "pickscore" and encoding == "raw":
+                rc = {**cfg, "encoding": encoding, "concurrency": conc}
+                rows.add({**rc, "where": "remote"}, "throughput", sps, "samples/s")
+                rows.add(rc, "remote_over_local", sps / base, "ratio")
+                print(f"{name:12s} remote/{encoding}/concurrency {conc}: {sps:8.1f} samples/s vs in-process "
+                      f"{base:8.1f} ({sps / base:.2f}x)", flush=True)
+                if name == "pickscore" and encoding == "raw" and conc == 1:
                     headline = sps / base
+            wall, server = transport_ms(url, 8, side)
+            rows.add({**cfg, "batch": 8, "encoding": "raw"}, "request_wall", wall, "ms")
+            rows.add({**cfg, "batch": 8, "encoding": "raw"}, "request_server_scoring", server, "ms")
+            print(f"{name:12s} one raw request of 8: {wall:.1f} ms at the client, {server:.1f} ms scoring "
+                  f"in the server: the service adds {wall - server:.1f} ms", flush=True)
         finally:
             proc.kill()
             proc.wait(timeout=10)
@@ -139,6 +167,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter timing windows")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--scorers", default="", help="comma-separated subset (default: all; e.g. skip ocr "
+                    "where tesseract is not installed)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rewards_cpu.jsonl"))
     args = ap.parse_args()
     if args.threads:
@@ -148,10 +178,13 @@ def main() -> None:
     rows = Rows("rewards_cpu", args.out)
     with tempfile.TemporaryDirectory() as tmp:
         options = build_models(Path(tmp))
+        if args.scorers:
+            keep = set(args.scorers.split(","))
+            options = {k: v for k, v in options.items() if k in keep or k in ("pickscore", "brightness")}
         bench_scorers(rows, options, args.quick, args.threads)
         ratio = bench_remote(rows, options, args.quick, args.threads)
     print(f"rows -> {args.out}")
-    print(f"headline: PickScore (tiny) 256x256 through the remote service (raw media, 127.0.0.1) runs at "
+    print(f"headline: PickScore (tiny) 256x256 through the remote service (raw media, concurrency 1, 127.0.0.1) runs at "
           f"{ratio:.2f}x the in-process samples/s")
 
 

@@ -38,6 +38,8 @@ class RemoteConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_s: Annotated[float, Meta(ge=0)] = 0.5
     """Wait before retry k (k = 0, 1, ...): backoff_s * 2**k, at most 30 s."""
     concurrency: Annotated[int, Meta(ge=1)] = 2
+    """Requests in flight: one server scores them one at a time, so 2 overlaps sending the
+    next request with scoring this one; more pays with several service replicas."""
     batch_size: Annotated[int, Meta(ge=1)] = 16
     """Samples per request."""
     encoding: Literal["raw", "png"] = "raw"

@@ -10,8 +10,10 @@ loads one scorer (by plugin name, with its options) and serves
 
 Status codes: 400 bad request (client's fault, not retried), 422 the scorer rejected the
 input or broke its contract (not retried), 500 unexpected server error (retried).
-Requests are scored one at a time (models are not assumed thread-safe); the server binds
-127.0.0.1 unless told otherwise. No pickle anywhere.
+Requests are scored one at a time, always on the same long-lived worker thread: models are
+not assumed thread-safe, and torch's OpenMP pool belongs to the thread that calls it, so
+scoring on each request's fresh handler thread would rebuild the pool per request. The
+server binds 127.0.0.1 unless told otherwise. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -44,7 +46,7 @@ class RewardServer:
         self.reward = reward
         self.rewards = RewardSet.from_specs([RewardSpec(name=reward, options=options)], where="reward-serve")
         self.scorer = self.rewards.scorers[0]
-        self.lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-score")
         self.served = 0
         self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
         self._encoder = msgspec.msgpack.Encoder()
@@ -65,6 +67,7 @@ class RewardServer:
     def shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> bytes:
         return msgspec.json.encode(
@@ -82,9 +85,8 @@ class RewardServer:
             return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
         t0 = time.perf_counter()
         try:
-            with self.lock:
-                result = self.rewards.score([p.id for p in req.prompts], media, req.prompts)
-                self.served += len(req.prompts)
+            result = self.worker.submit(self.rewards.score, [p.id for p in req.prompts], media, req.prompts).result()
+            self.served += len(req.prompts)
         except UserInputError as e:
             return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
         except RewardError as e:
