@@ -3,7 +3,9 @@
 For each backend, sample size (0.1, 1, 16, 64 MB) and batch (1, 16): put a float32 batch,
 get it back, delete it; repeat. Each repetition also times ``x.clone()`` of the same bytes,
 so every ratio compares against a copy measured in the same run under the same load
-(best of the repetitions for each, as the machine is shared).
+(best of the repetitions for each, as the machine is shared). The clone is kept alive
+while the store holds its copy: on these VMs writing to freshly faulted-in memory costs
+~10-50x a copy into recycled memory, and a store's copy always lands in fresh memory.
 Rows (JSONL, schema in rows.py), per configuration: clone/put/get GB/s, put/clone and
 get/clone ratios, and the round trip ratio (bytes / (t_put + t_get)) / clone bandwidth.
 Small samples (1 KiB) also get p50/p99 latency of put, get and claim+ack.
@@ -13,6 +15,11 @@ least two copies: its ratio to one copy is at most 0.5 by construction. The head
 per-operation ratio (put and get each against one copy) of the memory store for samples of
 1 MB or more.
 
+glibc returns freed large blocks to the kernel, so each new large tensor faults its pages in
+again, which on these VMs costs more than the copy and varies with the host's load. The
+script therefore re-executes itself with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set
+(freed memory stays in the heap; Ray workers inherit it), unless --no-malloc-tuning.
+
 Usage: python benchmarks/store_bandwidth.py [--quick] [--backends memory-local,...]
        [--max-batch-mb 1024] [--out benchmarks/results/store_bandwidth.jsonl]
 """
@@ -20,6 +27,7 @@ Usage: python benchmarks/store_bandwidth.py [--quick] [--backends memory-local,.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from rows import Rows  # noqa: E402
 
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 BACKENDS = ["memory-local", "memory-ray", "memory-ray-writer", "transferqueue", "mooncake"]
 
 
@@ -57,15 +66,14 @@ def bandwidth(store: Any, size_mb: float, batch: int, reps: int) -> dict[str, fl
     for r in range(reps + 1):  # the first repetition warms up (allocator, connections)
         ids = [f"bw:{size_mb}:{batch}:{r}:{i}" for i in range(batch)]
         t0 = time.perf_counter()
-        y = x.clone()
+        kept = x.clone()  # kept until the store's copy goes too: both land in fresh memory
         t1 = time.perf_counter()
-        del y
         store.put(ids, {"x": x}, [SampleMeta("bw", 1)] * batch)
         t2 = time.perf_counter()
         out = store.get(ids, ["x"])["x"]
         t3 = time.perf_counter()
         assert out.shape == x.shape
-        del out
+        del out, kept
         store.delete(ids)
         if r:
             t_clone.append(t1 - t0)
@@ -118,7 +126,10 @@ def main() -> None:
     ap.add_argument("--max-batch-mb", type=float, default=1024.0, help="skip larger batches")
     ap.add_argument("--quick", action="store_true", help="1 and 16 MB, fewer repetitions")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "store_bandwidth.jsonl"))
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's defaults")
     args = ap.parse_args()
+    if not args.no_malloc_tuning and not all(k in os.environ for k in MALLOC_TUNING):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**MALLOC_TUNING, **os.environ})
     sizes = [1.0, 16.0] if args.quick else [float(s) for s in args.sizes_mb.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     names = args.backends.split(",")
@@ -176,15 +187,18 @@ def _servers(names: list[str]) -> tuple[Any, Any]:
 
 
 def headline(rows: Rows) -> None:
-    mem = [r for r in rows.rows if r["config"].get("backend") == "memory-ray"
-           and r["config"].get("size_mb", 0) >= 1 and r["metric"] in ("put_vs_clone", "get_vs_clone")]
-    local = [r for r in rows.rows if r["config"].get("backend") == "memory-local"
-             and r["config"].get("size_mb", 0) >= 1 and r["metric"] in ("put_vs_clone", "get_vs_clone")]
-    parts = []
-    for label, rs in (("memory (Ray)", mem), ("memory (in-process)", local)):
-        if rs:
-            parts.append(f"{label} min(put, get) / clone = {min(r['value'] for r in rs):.2f}x")
-    print("headline: samples >= 1 MB: " + "; ".join(parts) if parts else "headline: no memory rows")
+    """Per-operation ratio (min of put/clone and get/clone) of the memory store, >= 1 MB."""
+
+    def worst(backend: str, min_mb: float) -> str:
+        vals = [r["value"] for r in rows.rows if r["config"].get("backend") == backend
+                and r["config"].get("size_mb", 0) >= min_mb
+                and r["metric"] in ("put_vs_clone", "get_vs_clone")]
+        return f"{min(vals):.2f}x" if vals else "n/a"
+
+    print("headline: memory store min(put, get) / torch clone bandwidth: in-process "
+          f"{worst('memory-local', 1)} (>= 16 MB: {worst('memory-local', 16)}), Ray "
+          f"{worst('memory-ray', 1)} (>= 16 MB: {worst('memory-ray', 16)}, 64 MB: "
+          f"{worst('memory-ray', 64)}) for samples >= 1 MB")
 
 
 if __name__ == "__main__":
