@@ -110,3 +110,24 @@ def test_unreachable_master_fails_fast_naming_the_address(
     store.put(["after"], {"x": torch.ones(1, 2)}, [SampleMeta("a", 1)])
     assert store.get(["after"], ["x"])["x"].sum() == 2
     store.shutdown()
+
+
+def test_master_dies_with_the_process_that_started_it() -> None:
+    """A crashed driver leaves no mooncake_master behind (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from unirl_stream.storage.mooncake_client import MasterProcess\n"
+        "m = MasterProcess.start()\n"
+        "print(m.address, flush=True)\n"
+        "os._exit(0)  # no shutdown(): a crash\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    address = out.stdout.strip().splitlines()[-1]
+    assert address.startswith("127.0.0.1:")
+    deadline = time.monotonic() + 10
+    while _port_is_open(address):
+        assert time.monotonic() < deadline, f"master at {address} outlived its parent"
+        time.sleep(0.1)

@@ -110,6 +110,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the launching process dies (Linux), so a
+    crashed driver leaves no master behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: shutdown() still stops it
+        pass
+
+
 class MasterProcess:
     """A mooncake_master on 127.0.0.1 (RPC and metrics ports), stopped with SIGTERM."""
 
@@ -135,7 +147,10 @@ class MasterProcess:
             "-metrics_host=127.0.0.1",
             f"-metrics_port={free_port()}",
         ]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         master = cls(proc, f"127.0.0.1:{port}", log.name)
         master._wait_ready(timeout)
