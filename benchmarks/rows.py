@@ -13,6 +13,8 @@ from typing import Any
 
 
 def git_commit() -> str:
+    if os.environ.get("UNIRL_GIT_COMMIT"):  # set where the tree travels without .git (GPU box)
+        return os.environ["UNIRL_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=5)

@@ -154,7 +154,7 @@ class Wan22Policy:
             if m.gradient_checkpointing and model in self.trained.values():
                 model.enable_gradient_checkpointing()
             if m.compile:
-                model.compile()
+                model.compile(mode=None if m.compile_mode == "default" else m.compile_mode)
         self.version = 0
         self.sigmas = sigma_grid(s.num_inference_steps, s.shift)
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
