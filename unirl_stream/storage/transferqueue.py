@@ -16,7 +16,7 @@ Where our index complements TransferQueue (why claims are not TransferQueue fetc
   indices; our index groups by ``SampleMeta.group`` whatever the write order.
 * Byte budget/backpressure: TransferQueue bounds sample *counts* only.
 
-The ack mirror: ``AckSampler`` is registered on the TransferQueue controller; an ack sends a
+The ack mirror: ``tq_sampler.AckSampler`` is registered on the TransferQueue controller; an ack sends a
 fetch for task ``<task>`` whose sampler selects exactly the acked keys, so TransferQueue marks
 them consumed for that task (and would refuse a sample it already saw consumed).
 
@@ -38,17 +38,14 @@ from unirl_stream.storage.base import IndexedStore, Located, Plane, RayLink, col
 from unirl_stream.storage.codec import FieldInfo, describe_ids
 from unirl_stream.storage.memory import _options
 
-try:  # a plugin module: importable without the extra, fails with a clear message on use
-    from transfer_queue import BaseSampler
-except ImportError:  # pragma: no cover - exercised only without the extra installed
-    BaseSampler = object  # type: ignore[assignment,misc]
-
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from unirl_stream.storage.config import StoreConfig
 
 # TransferQueue sizes its torch thread pools for 8 cores and warns on every call otherwise.
+# (This module imports nothing heavy: transfer_queue loads on first use, so that decoding
+# ``[store] options`` with ``Config`` stays fast.)
 os.environ.setdefault("TQ_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
 
 
@@ -57,19 +54,6 @@ class TransferQueueOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     """SimpleStorageUnit actors (1 CPU each in Ray); one fits a 2-CPU machine."""
     mirror_acks: bool = True
     """Record acks in TransferQueue's per-task consumption ledger (one extra call per ack)."""
-
-
-class AckSampler(BaseSampler):  # type: ignore[misc,valid-type]
-    """Runs inside the TransferQueue controller: selects exactly the keys being acked."""
-
-    def sample(self, ready_indexes: list[int], batch_size: int, *args: Any, **kwargs: Any) -> tuple[list[int], list[int]]:
-        partition = kwargs.get("partition")
-        keys = kwargs.get("keys") or []
-        if partition is None:
-            return [], []
-        ready = set(ready_indexes)
-        chosen = [i for i in partition.kv_retrieve_indexes(keys) if i is not None and i in ready]
-        return chosen, chosen
 
 
 def _tq() -> Any:
@@ -198,6 +182,8 @@ def _start_tq(opts: TransferQueueOptions) -> bool:
         started = True
     _tq()
     if opts.mirror_acks:
+        from unirl_stream.storage.tq_sampler import AckSampler
+
         ray.get(controller.register_sampler.remote(AckSampler))
     return started
 
