@@ -1,19 +1,15 @@
 """The metadata index every store backend shares (pure Python, thread-safe).
 
-It knows, per sample: its SampleMeta, which fields it has (FieldInfo + an opaque payload
-location that only the backend's payload plane understands), and per consumer task whether
-the sample is ready, leased or consumed. Payload bytes never pass through it.
+Per sample: SampleMeta, fields (FieldInfo + an opaque payload location only the backend's
+payload plane understands) and, per consumer task, ready/leased/consumed. Payload bytes
+never pass through it. Each task's ready queue is updated by writes, releases and deletes
+(see index_state), so ``claim(n)`` touches O(n) entries whatever the store holds, and
+``stats()`` reads counters. Lease deadlines sit in a heap checked lazily on
+claim/ack/release/stats: expired samples return to the front of the queue, no timer thread.
 
-Complexity is the point: each task keeps a ready queue (an OrderedDict, O(1) push/pop/remove)
-that writes, releases and deletes update, so ``claim(n)`` touches O(n) entries whatever the
-store holds; ``stats()`` reads counters. Leases sit in a heap of deadlines checked lazily
-(on claim/ack/release/stats), so an expired claim's samples return to the front of the queue
-without any timer thread.
-
-Writes are two-phase so a backend can move payloads between the phases:
-``reserve`` validates the whole batch and takes budget (blocking up to a timeout while the
-budget is full), the backend writes payloads, then ``commit`` makes the fields visible (or
-``abort`` gives the budget back). A failed reserve changes nothing.
+Writes are two-phase so a backend can move payloads in between: ``reserve`` validates the
+whole batch and takes budget (waiting while it is full), then ``commit`` makes the fields
+visible or ``abort`` gives the budget back. A failed reserve changes nothing.
 """
 
 from __future__ import annotations
