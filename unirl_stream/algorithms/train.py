@@ -99,10 +99,10 @@ def train_on_batch(
             for cols in col_chunks:
                 kw = {"columns": cols} if len(col_chunks) > 1 else {}
                 new = policy.logprobs(mb_prompts, mb, **kw)
-                r = torch.tensor(rows)
+                r, dev = torch.tensor(rows), new.device  # the batch stays on CPU; new is on the model's device
                 loss, stats = objective(
-                    new, behavior[r][:, cols], proximal[r][:, cols], adv[r],
-                    None if ref is None else ref[r][:, cols],
+                    new, behavior[r][:, cols].to(dev), proximal[r][:, cols].to(dev), adv[r].to(dev),
+                    None if ref is None else ref[r][:, cols].to(dev),
                 )
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
