@@ -148,6 +148,17 @@ def phase_eager(policy: Any, a: argparse.Namespace, rows: Rows, cfg: dict, clock
     rows.add(cfg, "sampler_s", t_ours, "s")
     rows.add(cfg, "sampler_peak", clock.peak_gib(), "GiB")
     rows.add(cfg, "sampler_over_plain", t_ours / t_plain, "ratio")
+    # where the overhead goes: without adapters (the bare sampler), and fp32 GEMMs without TF32
+    with policy._adapters_disabled():
+        t_bare, _ = clock(lambda: policy.rollout([prompt], [2]))
+    rows.add(cfg, "sampler_no_lora_over_plain", t_bare / t_plain, "ratio")
+    if clock.cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        t_notf32, _ = clock(lambda: policy.rollout([prompt], [2]))
+        torch.backends.cuda.matmul.allow_tf32 = policy.options.tf32
+        rows.add(cfg, "sampler_lora_fp32_no_tf32_over_plain", t_notf32 / t_plain, "ratio")
+        print(f"sampler without LoRA {t_bare / t_plain:.3f}x plain, LoRA without TF32 {t_notf32 / t_plain:.3f}x",
+              flush=True)
     policy.decode = real_decode
     t_dec, _ = clock(lambda: policy.decode(kept[-1]))
     rows.add(cfg, "vae_decode_s", t_dec, "s")

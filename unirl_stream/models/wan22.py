@@ -54,6 +54,10 @@ class Wan22Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """VAE dtype (default: model.dtype)."""
     decode_batch: int = 1
     """Samples per VAE decode call (a 480x832x33 decode peaks near 21 GiB; tiny models: more)."""
+    tf32: bool = True
+    """On CUDA, let fp32 matmuls use TF32 tensor cores. LoRA adapters are fp32 master weights
+    (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32 makes those
+    cheap. Producers and trainer set it alike, so rollout and replay see the same numerics."""
 
 
 def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
@@ -136,6 +140,8 @@ class Wan22Policy:
         self.dtype = getattr(torch, _DTYPES[m.dtype])
         dev = device or m.device
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.options.tf32
         vae_dtype = getattr(torch, self.options.vae_dtype) if self.options.vae_dtype else self.dtype
         c = loading.load_components(m.path, self.dtype, m.boundary_ratio, vae_dtype)
         self.components = c
