@@ -4,7 +4,7 @@
 - stage ``keep_top_fraction``: a filter between the reward stage and the trainer. It
   claims scored groups, marks the best ``fraction`` of each group with ``keep = 1`` (the
   rest 0) and writes that as a new field. Recipes add ``"keep"`` to
-  ``pipeline.train_requires`` so the trainer waits for it.
+  ``pipeline.train_filters`` so the trainer waits for it and trains only kept samples.
 
 Only msgspec is imported at module level: recipe validation imports this module to decode
 options, and must stay fast. torch is imported where tensors are made.
