@@ -43,7 +43,7 @@ def recipe(tmp: Path, name: str, mode: str, eta: int, costs: dict[str, float], w
         m = {"name": "wan22", "path": "tiny:two_expert", "device": "cpu",
              "lora": {"rank": 4, "alpha": 8.0}}
         sampling = {"samples_per_prompt": 4, "height": 32, "width": 32, "num_frames": 5,
-                    "num_inference_steps": 6, "guidance_scale": 1.0, "sde": {"fraction": [0.0, 0.5]}}
+                    "num_inference_steps": 6, "guidance_scale": 1.0, "sde": {"fraction": [0.0, 1.0]}}
     raw = {
         "run": {"name": name, "seed": 0, "total_steps": steps, "output_dir": str(tmp)},
         "model": m, "data": {"prompts": str(prompts)}, "sampling": sampling,
