@@ -32,6 +32,7 @@ class Run:
         self._workers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef)
         self._thread_errors: list[str] = []
         self._trainer: Any = None
+        self.actors: dict[str, Any] = {}  # Ray actor handles by source ("rollout/0", ...)
 
     # ------------------------------------------------------------------ up
     def __enter__(self) -> Run:
@@ -130,7 +131,6 @@ class Run:
             resources=placement.resources or None, max_restarts=retries, max_task_retries=retries,
             name=f"{self.run_id}:{ctx.source}")
         actor = cls.remote(name, ctx, self.metrics.sink_factory())
-        self.actors = getattr(self, "actors", {})
         self.actors[ctx.source] = actor
         return actor.run.remote()
 

@@ -42,13 +42,14 @@ class TrainerStage(StageBase):
         self.fields = [f.name for f in self.policy.field_specs() if f.name != "media"]
         self.filters = list(self.recipe.pipeline.train_filters)
         self.fields += ["reward", "reward_ok", "advantage", *self.filters]
-        self._publish(latency=0.0)
+        self._publish()
 
-    def _publish(self, latency: float) -> float:
+    def _publish(self) -> float:
+        """Publish the current weights as ``self.version``; returns the seconds it took."""
         t0 = time.time()
         self.policy.version = self.version
         self.weights.publish(self.version, self.policy.export_weights())
-        return time.time() - t0 + latency
+        return time.time() - t0
 
     def step(self) -> StepResult:
         p = self.recipe.pipeline
@@ -113,7 +114,7 @@ class TrainerStage(StageBase):
         latency = 0.0
         if self.steps % self.recipe.pipeline.publish_every == 0:
             self.version += 1
-            latency = self._publish(0.0)
+            latency = self._publish()
         self.finalize([
             self._outcome(members[j][0], members[j][1], "trained", "", trained_at, rewards[j], advs[j])
             for j in kept
