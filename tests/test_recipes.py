@@ -58,7 +58,7 @@ def test_quickstart_is_the_tiny_cpu_run() -> None:
         "wan22", "tiny:two_expert", "float32", "cpu")
     s = r.sampling
     assert (s.height, s.width, s.num_frames, s.num_inference_steps) == (32, 32, 5, 8)
-    assert (s.guidance_scale, s.samples_per_prompt) == (1.0, 4)
+    assert (s.guidance_scale, s.samples_per_prompt) == (1.0, 8)
     assert (r.model.lora.rank, r.model.lora.alpha, sorted(r.model.lora.experts)) == (8, 16.0, ["high", "low"])
     assert r.store.backend == "memory" and [x.name for x in r.reward] == ["jpeg_compressibility"]
     p = r.pipeline

@@ -25,12 +25,12 @@ def test_quickstart_trains_and_reward_rises(tmp_path):
     ids = [r["sample_id"] for r in rows]
     assert len(ids) == len(set(ids))
     trained = sorted((r for r in rows if r["status"] == "trained"), key=lambda r: r["trained_at_version"])
-    assert len(trained) == 30 * 8 and max(r["staleness"] for r in trained) <= 1
+    assert len(trained) == 50 * 16 and max(r["staleness"] for r in trained) <= 1
     q = len(trained) // 4
     first = [r["reward"] for r in trained[:q]]
     last = [r["reward"] for r in trained[-q:]]
     gain = statistics.mean(last) - statistics.mean(first)
-    # measured ~0.12 kB (about 5 first-quarter std); the margin asks for a third of that
+    # measured 0.12-0.17 kB (7-10 first-quarter std) over 50 steps; the margin asks for a third
     assert gain > 0.04 and gain > 1.5 * statistics.pstdev(first), (statistics.mean(first), statistics.mean(last))
     assert (run_dir / "metrics.jsonl").stat().st_size > 0
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))[-1] == "step_000030"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))[-1] == "step_000050"
