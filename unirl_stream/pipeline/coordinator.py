@@ -80,8 +80,6 @@ class Coordinator:
         self._published_at = 0.0
         self._stopping = False
         self._finished: set[str] = set()
-        self._counts = {"trained": 0, "dropped": 0, "duplicate": 0}
-        self._held: dict[str, int] = {}
         self._errors: list[str] = []
         self._written = 0  # groups whose samples reached the store (sync barrier)
         self._started_here = 0  # groups started by this coordinator (not before a resume)
@@ -144,21 +142,15 @@ class Coordinator:
                 return None
             return self.version, [self._weights], self._published_at
 
-    def report_held(self, worker: str, version: int) -> None:
-        with self._lock:
-            self._held[worker] = version
-
     # ------------------------------------------------------------------ ledger
     def finalize(self, rows: list[SampleOutcome]) -> int:
-        """Record how samples ended; a sample id already final is ignored (counted)."""
+        """Record how samples ended; a sample id already final is ignored."""
         written = 0
         with self._lock:
             for row in rows:
                 if row.sample_id in self._finished:
-                    self._counts["duplicate"] += 1
                     continue
                 self._finished.add(row.sample_id)
-                self._counts[row.status] += 1
                 self._ledger.write(msgspec.json.encode(row).decode() + "\n")
                 written += 1
         return written
@@ -201,12 +193,6 @@ class Coordinator:
     def state(self) -> CoordinatorState:
         return CoordinatorState(self.position, self.version, self.dropped_groups)
 
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            return {"version": self.version, "position": self.position,
-                    "allowance": self.allowance(), "held": dict(self._held),
-                    "published_at": self._published_at, **self._counts}
-
     def close(self) -> None:
         self._ledger.close()
         self._groups.close()
@@ -216,7 +202,6 @@ class Coordinator:
         # never handed out again (their ids would collide).
         for row in _read_jsonl(self.run_dir / "ledger.jsonl"):
             self._finished.add(row["sample_id"])
-            self._counts[row["status"]] = self._counts.get(row["status"], 0) + 1
         before = self.position
         for g in _read_jsonl(self.run_dir / "groups.jsonl"):
             self.position = max(self.position, int(g["position"]) + 1)

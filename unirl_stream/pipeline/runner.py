@@ -110,9 +110,6 @@ class StageActor:
     def run(self) -> dict[str, Any]:
         return self.loop.run()
 
-    def ping(self) -> str:
-        return self.loop.ctx.source
-
 
 def format_error(e: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(e), e)).strip()

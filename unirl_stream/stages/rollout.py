@@ -40,7 +40,6 @@ class RolloutStage(StageBase):
                 self.policy.load_weights(blob, version)
                 self.held = version
                 self.load_latency_s = time.time() - published_at
-                self.ctx.control.report_held(self.ctx.source, version)
             if self.held >= wait_for or self.ctx.control.stopping():
                 return
             time.sleep(0.01)
