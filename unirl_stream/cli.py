@@ -117,7 +117,10 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
 
 @app.command()
 def run(
-    recipe: RecipeArg,
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(help="Recipe TOML file (left out with --resume: the run's saved one).", show_default=False),
+    ] = None,
     set_: SetOption = None,
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run directory (default: output_dir/name-time).")
@@ -132,21 +135,23 @@ def run(
     ] = None,
     no_live: Annotated[bool, typer.Option("--no-live", help="No live panel; plain log lines.")] = False,
 ) -> None:
-    """Validate RECIPE (weights included), then train."""
+    """Validate RECIPE (weights included), then train; or continue a run with --resume RUN_DIR."""
     if address is not None and not _valid_address(address):
         raise UserInputError(f"--address: expected 'auto' or HOST:PORT, got {address!r}")
     if resume is not None and not resume.is_dir():
         raise UserInputError(f"--resume: run directory not found: {resume}")
-    loaded, _ = _load_checked(recipe, set_, weights=True)
-    try:
-        driver = _component("unirl_stream.pipeline.driver")
-    except _Unavailable:
-        raise UserInputError(
-            f"{recipe}: the recipe is valid, but the pipeline is not available yet in this "
-            "build (unirl_stream.pipeline.driver is missing); nothing was trained"
-        ) from None
-    live = loaded.logging.live and not no_live
-    driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live)
+    if recipe is None and resume is None:
+        raise UserInputError("run: give a RECIPE file, or --resume RUN_DIR to continue a run")
+    if resume is not None and run_dir is not None:
+        raise UserInputError("--run-dir: not with --resume (the run continues in RUN_DIR)")
+    # With --resume the driver loads and checks the saved recipe (after taking the run
+    # directory's lock); a recipe given as well is only compared with it.
+    loaded = _load_checked(recipe, set_, weights=resume is None)[0] if recipe is not None else None
+    from unirl_stream.pipeline import driver
+
+    live = not no_live and (loaded.logging.live if loaded is not None else True)
+    driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
+               overrides=set_ if resume is not None else None)
 
 
 def _valid_address(address: str) -> bool:

@@ -59,7 +59,7 @@ def test_resume_continues_version(recipe_factory, tmp_path):
     # pretend the run was meant to be longer: resume continues from step 4 / version 4
     saved = (run_dir / "recipe.toml").read_text().replace("total_steps = 4", "total_steps = 7")
     (run_dir / "recipe.toml").write_text(saved)
-    run(recipe, resume=run_dir, live=False)
+    run(resume=run_dir, live=False)  # the saved (edited) recipe, no recipe given
     rows = assert_exactly_once(run_dir)
     trained_versions = sorted({r["trained_at_version"] for r in rows if r["status"] == "trained"})
     assert trained_versions == list(range(7))

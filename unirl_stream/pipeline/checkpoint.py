@@ -1,8 +1,9 @@
 """Trainer checkpoints: ``RUN_DIR/checkpoints/step_NNNNNN/``, written atomically.
 
-A checkpoint holds what the run needs to continue as if it had not stopped: the trainable
-weights (safetensors bytes from the policy), the optimizer state, the optimizer step and
-policy version, the coordinator's data cursor and gate state, and the RNG states.
+A checkpoint holds what the trainer needs to continue as if it had not stopped: the
+trainable weights (safetensors bytes from the policy), the optimizer state, the optimizer
+step and policy version, and the RNG states. The coordinator's cursor and gate are rebuilt
+from the run's journals and this step on resume (``coordinator.ResumePoint``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from unirl_stream.pipeline.coordinator import CoordinatorState
-
 STATE = "state.json"
 
 
-def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any,
-         coordinator: CoordinatorState) -> Path:
+def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any) -> Path:
     import torch
 
     root = Path(run_dir) / "checkpoints"
@@ -33,7 +29,7 @@ def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any,
     (tmp / "weights.safetensors").write_bytes(policy.export_weights())
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-    state = {"step": step, "version": version, "coordinator": msgspec.to_builtins(coordinator)}
+    state = {"step": step, "version": version}
     (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a crash mid-write never leaves a half checkpoint under step_*
@@ -46,16 +42,17 @@ def latest(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def read_state(ckpt: Path) -> tuple[int, int, CoordinatorState]:
+def read_state(ckpt: Path) -> tuple[int, int]:
+    """(optimizer step, policy version) of a checkpoint."""
     state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
-    return state["step"], state["version"], msgspec.convert(state["coordinator"], CoordinatorState)
+    return state["step"], state["version"]
 
 
 def restore(ckpt: Path, policy: Any, optimizer: Any) -> tuple[int, int]:
     """Load weights, optimizer and RNG; return (optimizer step, policy version)."""
     import torch
 
-    step, version, _ = read_state(ckpt)
+    step, version = read_state(ckpt)
     policy.load_weights((ckpt / "weights.safetensors").read_bytes(), version)
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file, written above

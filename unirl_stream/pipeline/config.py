@@ -64,3 +64,7 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How often workers report metrics."""
     max_restarts: Annotated[int, Meta(ge=0)] = 3
     """Ray restarts of a crashed rollout/reward actor."""
+    stall_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    """The run fails (exit 1, with the gate, the store's queues and each stage's idle time)
+    when no stage makes progress for this long. Sized for real models: keep it above the
+    longest single step of any stage (a trainer step on a large batch)."""

@@ -12,9 +12,18 @@ bytes), and writes the two journals of the run directory:
 Staleness gate (AReaL-style): with the trainer at version v, at most
 ``(v + eta + 1) * groups_per_version + dropped_groups`` groups may have been started, where
 ``groups_per_version = publish_every * groups_per_step``. A group started under this bound is
-trained at a version <= v + eta, so the trainer rarely has to drop anything. Dropped groups
-are added back to the allowance, otherwise a drop would starve the trainer (a departure
-from AReaL, whose rollouts are never dropped after the gate).
+trained at a version <= v + eta, so the trainer rarely has to drop anything. Every group that
+will never reach an optimizer step (too stale, filtered or NaN-dropped whole, lost in a crash)
+gives its place back, otherwise a drop would starve the trainer (a departure from AReaL, whose
+rollouts are never dropped after the gate). Invariant: groups started = groups trained in
+steps + dropped_groups + groups in flight.
+
+On resume the gate is rebuilt from the journals and the checkpoint, not from saved counters:
+nothing is in flight any more, so ``dropped_groups = started - step * groups_per_step``, where
+``started`` is every position ``groups.jsonl`` holds and ``step`` the checkpoint's optimizer step.
+
+Stages report with ``heartbeat`` (each worker's processed count, pid and host); the driver's
+stall watchdog reads ``progress`` and ``gate`` from here.
 """
 
 from __future__ import annotations
@@ -39,12 +48,28 @@ class GroupTicket(msgspec.Struct, frozen=True):
     version: int  # the policy version the producer must hold (or newer)
 
 
-class CoordinatorState(msgspec.Struct):
-    """What a checkpoint keeps of the coordinator."""
+class ResumePoint(msgspec.Struct, frozen=True):
+    """Where a resumed run's trainer starts: the checkpoint's optimizer step and version."""
 
-    position: int = 0
+    step: int = 0
     version: int = 0
-    dropped_groups: int = 0
+
+
+class Gate(msgspec.Struct, frozen=True):
+    position: int  # groups started
+    allowance: int  # groups that may have been started at this version
+    version: int
+    dropped_groups: int
+
+
+class Worker(msgspec.Struct):
+    """What the coordinator knows of one stage worker, from its heartbeats."""
+
+    processed: int = 0
+    last_progress: float = 0.0  # when ``processed`` last grew (or the worker first reported)
+    last_seen: float = 0.0
+    pid: int = 0
+    host: str = ""
 
 
 class Coordinator:
@@ -57,25 +82,31 @@ class Coordinator:
         run_seed: int,
         shuffle: bool,
         group_size: int,
-        groups_per_version: int,
+        groups_per_step: int,
+        publish_every: int,
         max_staleness: int,
         mode: str = "async",
-        state: CoordinatorState | None = None,
+        resume: ResumePoint | None = None,
+        journal_wait_s: float = 45.0,
     ) -> None:
         from unirl_stream.data import PromptCursor
+        from unirl_stream.pipeline.rundir import JOURNAL_LOCK, RunDirLock
 
         self._lock = threading.Lock()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A killed driver's coordinator may still be alive for a few seconds: wait for it.
+        self._journal_lock = RunDirLock(self.run_dir, JOURNAL_LOCK, "coordinator", journal_wait_s)
         self._prompts = prompt_ids
         self._cursor = PromptCursor(list(range(len(prompt_ids))), run_seed, shuffle)  # type: ignore[arg-type]
-        self.seed = run_seed
         self.group_size = group_size
-        self.per_version = groups_per_version
+        self.per_step = groups_per_step
+        self.per_version = groups_per_step * publish_every
         self.eta = max_staleness
         self.mode = mode
-        st = state or CoordinatorState()
-        self.position, self.version, self.dropped_groups = st.position, st.version, st.dropped_groups
+        self.position, self.dropped_groups = 0, 0
+        self.version = resume.version if resume else 0
+        self._workers: dict[str, Worker] = {}
         self._weights: Any = None
         self._published_at = 0.0
         self._stopping = False
@@ -85,7 +116,7 @@ class Coordinator:
         self._started_here = 0  # groups started by this coordinator (not before a resume)
         self._ledger = open(self.run_dir / "ledger.jsonl", "a", buffering=1, encoding="utf-8")
         self._groups = open(self.run_dir / "groups.jsonl", "a", buffering=1, encoding="utf-8")
-        self._load_finished()
+        self._rebuild(resume or ResumePoint())
 
     # ------------------------------------------------------------------ gate
     def allowance(self) -> int:
@@ -110,7 +141,7 @@ class Coordinator:
             self._groups.write(json.dumps(row) + "\n")
             return ticket
 
-    def group_written(self, position: int) -> None:
+    def group_written(self) -> None:
         with self._lock:
             self._written += 1
 
@@ -181,6 +212,30 @@ class Coordinator:
     def stopping(self) -> bool:
         return self._stopping
 
+    def heartbeat(self, source: str, processed: int, pid: int, host: str) -> bool:
+        """A worker's running total of processed samples; returns ``stopping``."""
+        now = time.time()
+        with self._lock:
+            w = self._workers.setdefault(source, Worker(last_progress=now))
+            if processed != w.processed:
+                w.processed, w.last_progress = processed, now
+            w.last_seen, w.pid, w.host = now, pid, host
+            return self._stopping
+
+    def workers(self) -> dict[str, Worker]:
+        with self._lock:
+            return {k: msgspec.structs.replace(w) for k, w in self._workers.items()}
+
+    def gate(self) -> Gate:
+        with self._lock:
+            return Gate(self.position, self.allowance(), self.version, self.dropped_groups)
+
+    def progress(self) -> tuple[int, ...]:
+        """Changes whenever any stage got anything done (the stall watchdog compares it)."""
+        with self._lock:
+            done = sum(w.processed for w in self._workers.values())
+            return self.position, self.version, len(self._finished), self.dropped_groups, done
+
     def fail(self, message: str) -> None:
         """A stage hit an error that must end the run (e.g. a NaN reward with on_nan=fail)."""
         with self._lock:
@@ -190,24 +245,22 @@ class Coordinator:
     def errors(self) -> list[str]:
         return list(self._errors)
 
-    def state(self) -> CoordinatorState:
-        return CoordinatorState(self.position, self.version, self.dropped_groups)
-
     def close(self) -> None:
         self._ledger.close()
         self._groups.close()
+        self._journal_lock.release()
 
-    def _load_finished(self) -> None:
-        # Resuming: ids already in the ledger stay final; positions already journaled are
-        # never handed out again (their ids would collide).
+    def _rebuild(self, resume: ResumePoint) -> None:
+        # Ids already in the ledger stay final; positions already journaled are never handed
+        # out again (their ids would collide). Nothing of the earlier run is in flight now:
+        # every started group that did not reach one of the checkpoint's optimizer steps
+        # gives its place in the gate back, however it ended (trained after the checkpoint,
+        # dropped, closed out at the end, lost in a crash).
         for row in _read_jsonl(self.run_dir / "ledger.jsonl"):
             self._finished.add(row["sample_id"])
-        before = self.position
         for g in _read_jsonl(self.run_dir / "groups.jsonl"):
             self.position = max(self.position, int(g["position"]) + 1)
-        # Groups started after the checkpoint are lost (their samples are closed out as
-        # dropped); give their places in the gate back so the trainer is not starved.
-        self.dropped_groups += self.position - before
+        self.dropped_groups = max(0, self.position - resume.step * self.per_step)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ from unirl_stream.api import MetricEvent
 from unirl_stream.monitor.setup import Monitoring
 from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.control import Control
-from unirl_stream.pipeline.coordinator import Coordinator, CoordinatorState
+from unirl_stream.pipeline.coordinator import Coordinator, ResumePoint
+from unirl_stream.pipeline.reaper import Reaper
 from unirl_stream.pipeline.runner import StageActor, StageLoop, format_error
 from unirl_stream.recipe import Recipe
 from unirl_stream.stages.base import StageContext
@@ -33,12 +35,17 @@ class Run:
         self._thread_errors: list[str] = []
         self._trainer: Any = None
         self.actors: dict[str, Any] = {}  # Ray actor handles by source ("rollout/0", ...)
+        self._reaper: Reaper | None = None
+        self._host = socket.gethostname()
 
     # ------------------------------------------------------------------ up
     def __enter__(self) -> Run:
         from unirl_stream.storage import open_store
 
         try:
+            # First of all: whatever starts from here on ends with the run, even if the
+            # driver is SIGKILLed (pipeline/reaper.py).
+            self._reaper = Reaper()
             if self.use_ray:
                 self._init_ray()
             self.store = open_store(self.recipe.store, use_ray=self.use_ray)
@@ -68,15 +75,18 @@ class Run:
                 kwargs["num_cpus"] = max(os.cpu_count() or 2, 2)
             ray.init(**kwargs)
             self._started_ray = True
+            node = getattr(ray._private.worker, "_global_node", None)  # no public API for it
+            if not self.address and node is not None and self._reaper is not None:
+                self._reaper.tell(session=node.get_session_dir_path())
 
     def _coordinator(self) -> Any:
         from unirl_stream.data import load_prompts
 
         r, p = self.recipe, self.recipe.pipeline
-        state = checkpoint.read_state(self.ckpt)[2] if self.ckpt else CoordinatorState()
+        resume = ResumePoint(*checkpoint.read_state(self.ckpt)) if self.ckpt else None
         args = (str(self.run_dir), [x.id for x in load_prompts(r.resolve(r.data.prompts))], r.run.seed,
-                r.data.shuffle, r.sampling.samples_per_prompt, p.publish_every * p.groups_per_step,
-                p.max_staleness, p.mode, state)
+                r.data.shuffle, r.sampling.samples_per_prompt, p.groups_per_step, p.publish_every,
+                p.max_staleness, p.mode, resume)
         if not self.use_ray:
             return Coordinator(*args)
         import ray
@@ -160,6 +170,12 @@ class Run:
         except Exception as e:  # the trainer died: that ends the run
             self._thread_errors.append(f"trainer: {format_error(e)}")
 
+    def watch(self) -> None:
+        """Tell the reaper the stage workers' processes on this host: on a cluster joined
+        with ``--address`` they are not the driver's descendants."""
+        if self._reaper is not None and self.use_ray:
+            self._reaper.tell(pids=[w.pid for w in self.control.workers().values() if w.host == self._host])
+
     def errors(self) -> list[str]:
         return list(dict.fromkeys(self.control.errors() + self._thread_errors))
 
@@ -183,6 +199,8 @@ class Run:
             import ray
 
             ray.shutdown()
+        if self._reaper is not None:
+            self._reaper.done()
 
     def _join_workers(self, timeout: float) -> None:
         deadline = time.time() + timeout

@@ -9,6 +9,8 @@ the record rather than inferred from sleeps.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -44,6 +46,7 @@ class StageLoop:
         sleep = IDLE_SLEEP_S[0]
         values: dict[str, float] = {}
         stopping = False
+        host = socket.gethostname()
         try:
             while True:
                 t0 = time.time()
@@ -74,7 +77,8 @@ class StageLoop:
                 if res.done:
                     break
                 if now - last_check >= 0.1:  # one control round trip per 100 ms at most
-                    stopping, last_check = ctl.stopping(), now
+                    stopping = ctl.heartbeat(self.ctx.source, processed, os.getpid(), host)
+                    last_check = now
                     if stopping:
                         break
         except Exception as e:

@@ -63,7 +63,7 @@ class RolloutStage(StageBase):
         meta = [SampleMeta(ticket.group, ticket.size, self.held)] * ticket.size
         self.store.put(ids, batch, meta, timeout=self.recipe.store.put_timeout_s)
         if self.sync:
-            self.ctx.control.group_written(ticket.position)
+            self.ctx.control.group_written()
         return StepResult(
             processed=ticket.size,
             metrics={"policy_version": float(self.held), "weights_load_latency_s": self.load_latency_s},

@@ -105,6 +105,7 @@ class TrainerStage(StageBase):
         kept = [j for j, k in enumerate(keep.tolist()) if k]
         if not kept:  # everything was dropped or filtered: nothing to learn from, no step
             self.store.delete(ids)
+            self.ctx.control.drop_group(len(groups))  # no step took them: their places go back
             return {}
         prompts = [self.ctx.prompts_by_id[prompt_of_group(members[j][1].group)] for j in kept]
         trained_at = self.version
@@ -156,5 +157,4 @@ class TrainerStage(StageBase):
         every = self.recipe.run.checkpoint_every
         last = self.steps >= self.recipe.run.total_steps
         if (every and self.steps % every == 0) or last:
-            checkpoint.save(self.ctx.run_dir, self.steps, self.version, self.policy, self.optimizer,
-                            self.ctx.control.state())
+            checkpoint.save(self.ctx.run_dir, self.steps, self.version, self.policy, self.optimizer)

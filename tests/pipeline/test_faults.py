@@ -1,0 +1,188 @@
+"""Exactly once whatever dies: a killed driver, a second writer, a stall, a resume.
+
+Every test here drives the real CLI in a subprocess (the way a user runs it) and checks the
+run directory's journals afterwards: every started sample id ends in ``ledger.jsonl``
+exactly once, and no process of a killed run survives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from unirl_stream.recipe import to_toml
+
+from .conftest import assert_exactly_once, ledger
+
+PLUGINS_SRC = Path(__file__).parent / "plugins_src"
+CLI = [sys.executable, "-m", "unirl_stream.cli"]
+
+
+def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    return sorted(root.glob("step_*")) if root.exists() else []
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not cond():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.05)
+    assert cond(), "the run never reached the point to kill it at"
+
+
+def _tree(pid: int) -> list[tuple[int, float]]:
+    root = psutil.Process(pid)
+    return [(p.pid, p.create_time()) for p in [root, *root.children(recursive=True)]]
+
+
+def _alive(procs: list[tuple[int, float]]) -> list[str]:
+    out = []
+    for pid, created in procs:
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{pid} {' '.join(p.cmdline())[:80]}")
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _recipe_file(recipe_factory, tmp_path: Path, **sections) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(to_toml(recipe_factory(**sections)))
+    return path
+
+
+KILL_POINTS = {
+    # before any checkpoint: the resume starts from scratch, all earlier ids stay final
+    "before_checkpoint": lambda d: not _checkpoints(d) and len(ledger(d)) >= 8 if (d / "ledger.jsonl").exists() else False,
+    "mid_run": lambda d: len(_checkpoints(d)) >= 2,
+    "last_step": lambda d: len(_checkpoints(d)) >= 5,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkilled_driver_leaves_nothing_and_resumes_exactly_once(point, recipe_factory, tmp_path):
+    path = _recipe_file(
+        recipe_factory, tmp_path,
+        run={"name": "kill", "total_steps": 12, "checkpoint_every": 2},
+        model={"name": "synthetic", "path": "synthetic", "options": {"dim": 8, "steps": 3, "rollout_s": 0.02,
+                                                                     "train_s": 0.01}},
+        pipeline={"backend": "ray", "tick_s": 0.2})
+    run_dir = tmp_path / "run"
+    proc = _start("run", str(path), "--run-dir", str(run_dir), "--no-live")
+    _wait_for(lambda: KILL_POINTS[point](run_dir), proc)
+    procs = _tree(proc.pid)
+    assert len(procs) > 3  # the driver, its reaper and the local Ray cluster
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone: no clean-up of any kind
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(procs):
+        time.sleep(0.5)
+    assert not _alive(procs), f"still alive 30 s after the driver's SIGKILL: {_alive(procs)}"
+
+    before = {r["sample_id"] for r in ledger(run_dir)}
+    out = _cli("run", "--resume", str(run_dir), "--no-live")  # no recipe: the saved one
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = assert_exactly_once(run_dir)
+    assert before <= {r["sample_id"] for r in rows}
+    trained = [r for r in rows if r["status"] == "trained"]
+    assert max(r["trained_at_version"] for r in trained) == 11  # reached the last step
+    assert all(r["reason"] for r in rows if r["status"] == "dropped")
+
+
+def test_second_writer_refused_while_the_run_lives(recipe_factory, tmp_path):
+    path = _recipe_file(
+        recipe_factory, tmp_path,
+        run={"name": "busy", "total_steps": 30},
+        model={"name": "synthetic", "path": "synthetic", "options": {"dim": 8, "steps": 3, "rollout_s": 0.02}})
+    run_dir = tmp_path / "run"
+    proc = _start("run", str(path), "--run-dir", str(run_dir), "--no-live")
+    try:
+        _wait_for(lambda: (run_dir / "ledger.jsonl").exists() and len(ledger(run_dir)) >= 8, proc)
+        for args in (["run", "--resume", str(run_dir), "--no-live"],
+                     ["run", str(path), "--resume", str(run_dir), "--no-live"],
+                     ["run", str(path), "--run-dir", str(run_dir), "--no-live"]):
+            t0 = time.time()
+            second = _cli(*args, timeout=60)
+            assert second.returncode == 2, second.stderr
+            assert f"in use by pid {proc.pid} on host" in second.stderr, second.stderr
+            assert time.time() - t0 < 15
+            assert proc.poll() is None  # the first run is unharmed
+        assert proc.wait(timeout=240) == 0, proc.stdout.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    rows = assert_exactly_once(run_dir)
+    assert len([r for r in rows if r["status"] == "trained"]) == 30 * 2 * 4
+    # The finished run's lock file names a dead holder: it is no lock, the next resume takes it.
+    assert json.loads((run_dir / "run.lock").read_text())["pid"] == proc.pid
+    assert _cli("run", "--resume", str(run_dir), "--no-live").returncode == 0
+
+
+def test_resume_with_another_recipe_names_the_first_differing_key(recipe_factory, tmp_path):
+    path = _recipe_file(recipe_factory, tmp_path, run={"name": "same", "total_steps": 2})
+    run_dir = tmp_path / "run"
+    assert _cli("run", str(path), "--run-dir", str(run_dir), "--no-live").returncode == 0
+    rows = ledger(run_dir)
+    other = tmp_path / "other.toml"
+    other.write_text(path.read_text().replace("total_steps = 2", "total_steps = 3"))
+    out = _cli("run", str(other), "--resume", str(run_dir), "--no-live")
+    assert out.returncode == 2
+    assert "differs from the run's saved recipe.toml at run.total_steps" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert ledger(run_dir) == rows  # nothing was written
+    # the same recipe (or none), with --set to extend it, continues the run
+    out = _cli("run", str(path), "--resume", str(run_dir), "--set", "run.total_steps=3", "--no-live")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert max(r["trained_at_version"] for r in assert_exactly_once(run_dir) if r["status"] == "trained") == 2
+    assert "total_steps = 3" in (run_dir / "recipe.toml").read_text()
+
+
+@pytest.fixture
+def stall_plugin_env(tmp_path):
+    """The never-producing stage, discoverable through an entry point in a subprocess."""
+    info = tmp_path / "site" / "unirl_stream_stall_plugin-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: unirl-stream-stall-plugin\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[unirl_stream.stages]\nnever_produces = stall_plugin:NeverProduces\n")
+    path = os.pathsep.join([str(tmp_path / "site"), str(PLUGINS_SRC), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_starved_run_exits_1_with_the_diagnostic(stall_plugin_env, recipe_factory, tmp_path):
+    path = _recipe_file(
+        recipe_factory, tmp_path,
+        pipeline={"train_requires": ["advantage", "verdict"], "stall_timeout_s": 4.0, "tick_s": 0.2,
+                  "stages": [{"name": "never_produces"}]})
+    t0 = time.time()
+    out = _cli("run", str(path), "--run-dir", str(tmp_path / "run"), "--no-live", env=stall_plugin_env)
+    elapsed = time.time() - t0
+    assert out.returncode == 1, out.stderr
+    line = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "stalled: no stage made progress for" in line[0], out.stderr
+    # the gate is full at version 0 (eta 1: 2 versions x 2 groups), the train task has nothing ready
+    assert "gate: position 4, allowance 4, version 0" in line[0]
+    assert "train 0/0" in line[0] and "trainer/0" in line[0] and "rollout/0" in line[0]
+    assert elapsed < 4.0 + 10 + 10  # the timeout + 10 s, + start-up of the process (imports)
+    assert_exactly_once(tmp_path / "run")
