@@ -52,10 +52,12 @@ def test_saved_tiny_model_loads_identically_through_real_loader(layout: str) -> 
               max_sequence_length=8, output_type="latent")
     out_ref = ref(PROMPTS[0].text, generator=torch.Generator().manual_seed(0), **kw).frames
     out_loaded = loaded(PROMPTS[0].text, generator=torch.Generator().manual_seed(0), **kw).frames
-    assert torch.equal(out_ref, out_loaded)
+    # Same weights, but two separately built models: BLAS may pick other kernels for other
+    # buffers (alignment), so outputs agree to ~1e-7 on some CPUs, bit for bit on others.
+    torch.testing.assert_close(out_loaded, out_ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         emb_ref, _ = ref.encode_prompt(PROMPTS[1].text, do_classifier_free_guidance=False, max_sequence_length=8)
-    assert torch.equal(policy.embed([PROMPTS[1]])[0], emb_ref[0])
+    torch.testing.assert_close(policy.embed([PROMPTS[1]])[0], emb_ref[0], rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_cache_build_is_race_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

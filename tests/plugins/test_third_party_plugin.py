@@ -2,14 +2,18 @@
 throw-away virtual environment: its stage and reward show up in `unirl-stream plugins`
 with their distribution and validate in a recipe, with no change to unirl-stream.
 
-The venv uses --system-site-packages, so it sees the unirl-stream under test while the
-main environment is never modified; deleting the venv uninstalls everything.
+The venv sees the environment under test through a ``.pth`` file that adds this
+interpreter's site-packages (``site.addsitedir``, so their own ``.pth`` files, e.g. an editable
+install, apply too), while the main environment is never modified; deleting the venv
+uninstalls everything. Not ``--system-site-packages``: run from inside a venv, that exposes
+the *base* interpreter's packages, not the venv's.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -54,10 +58,12 @@ options = {{ fraction = {fraction} }}
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plugin-venv")
     env_dir = root / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
-        check=True, timeout=120,
-    )
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    inner = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    outer = [*site.getsitepackages(), site.getusersitepackages()]
+    (Path(inner) / "outer_env.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in outer) + "\n")
     # Build from a copy: pip writes build/ and *.egg-info next to the sources.
     src = shutil.copytree(HERE / "example_plugin", root / "src")
     python = env_dir / "bin" / "python"

@@ -51,10 +51,13 @@ def test_pickscore_deterministic_across_loads_and_batch_splits(tiny) -> None:
     media, prompts = make_media(6, 1, 64, 64, seed=2), make_prompts(6)
     a, b = _pick(tiny), _pick(tiny)
     whole = a.score(media, prompts).scores
-    assert whole == b.score(media, prompts).scores  # a second load, same numbers
+    assert whole == a.score(media, prompts).scores  # same model, same shapes: bit for bit
+    # A second load, or other batch shapes: BLAS chooses kernels by CPU, shape and buffer
+    # alignment (measured ~1e-7 apart on an AMD EPYC, equal on others).
+    assert b.score(media, prompts).scores == pytest.approx(whole, rel=1e-6, abs=1e-6)
     for size in (2, 3):
         parts = sum((a.score(media[i : i + size], prompts[i : i + size]).scores for i in range(0, 6, size)), [])
-        assert parts == whole
+        assert parts == pytest.approx(whole, rel=1e-6, abs=1e-6)
     # A lone sample takes BLAS's single-row path: equal to ~1e-6, not bit for bit.
     ones = [a.score(media[i : i + 1], prompts[i : i + 1]).scores[0] for i in range(6)]
     assert ones == pytest.approx(whole, rel=1e-5, abs=1e-5)
@@ -110,7 +113,7 @@ def test_aesthetic_is_head_of_normalized_embedding(tiny) -> None:
         ref = head(emb / emb.norm(dim=-1, keepdim=True))[:, 0]
     assert got == pytest.approx(ref.tolist(), abs=1e-5)
     split = scorer.score(media[:2], make_prompts(2)).scores + scorer.score(media[2:], make_prompts(2)).scores
-    assert split == got
+    assert split == pytest.approx(got, rel=1e-6, abs=1e-6)  # other batch shapes: ~1e-7 on some CPUs
 
 
 def test_aesthetic_rejects_a_head_of_the_wrong_size(tiny, tmp_path) -> None:
