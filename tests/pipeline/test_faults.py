@@ -53,13 +53,23 @@ def _tree(pid: int) -> list[tuple[int, float]]:
     return [(p.pid, p.create_time()) for p in [root, *root.children(recursive=True)]]
 
 
-def _alive(procs: list[tuple[int, float]]) -> list[str]:
+def _alive_keys(procs: list[tuple[int, float]]) -> list[tuple[int, float]]:
     out = []
     for pid, created in procs:
         try:
             p = psutil.Process(pid)
             if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{pid} {' '.join(p.cmdline())[:80]}")
+                out.append((pid, created))
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _alive(procs: list[tuple[int, float]]) -> list[str]:
+    out = []
+    for pid, _ in _alive_keys(procs):
+        try:
+            out.append(f"{pid} {' '.join(psutil.Process(pid).cmdline())[:80]}")
         except psutil.NoSuchProcess:
             continue
     return out
@@ -73,7 +83,7 @@ def _recipe_file(recipe_factory, tmp_path: Path, **sections) -> Path:
 
 KILL_POINTS = {
     # before any checkpoint: the resume starts from scratch, all earlier ids stay final
-    "before_checkpoint": lambda d: not _checkpoints(d) and len(ledger(d)) >= 8 if (d / "ledger.jsonl").exists() else False,
+    "before_checkpoint": lambda d: (d / "ledger.jsonl").exists() and len(ledger(d)) >= 8 and not _checkpoints(d),
     "mid_run": lambda d: len(_checkpoints(d)) >= 2,
     "last_step": lambda d: len(_checkpoints(d)) >= 5,
 }
@@ -186,3 +196,79 @@ def test_starved_run_exits_1_with_the_diagnostic(stall_plugin_env, recipe_factor
     assert "train 0/0" in line[0] and "trainer/0" in line[0] and "rollout/0" in line[0]
     assert elapsed < 4.0 + 10 + 10  # the timeout + 10 s, + start-up of the process (imports)
     assert_exactly_once(tmp_path / "run")
+
+
+# A cluster in its own temp dir keeps its auth token there, where a driver started with the
+# default temp dir does not look: token auth off for this loopback-only test cluster.
+CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture
+def joined_cluster(tmp_path):
+    """A Ray cluster the run joins with --address, as a user's long-lived cluster would be."""
+    import re
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "ray-start.log"
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=CLUSTER_ENV)
+    deadline = time.time() + 60
+    address = None
+    while time.time() < deadline and address is None and head.poll() is None:
+        if found := re.search(r"ray start --address='([^']+)'", log.read_text()):
+            address = found.group(1)
+        time.sleep(0.2)
+    assert address, log.read_text()[-2000:]
+    yield address, head
+    procs = [psutil.Process(pid) for pid, _ in _alive_keys(_tree(head.pid))]
+    for p in procs:
+        p.terminate()
+    for p in psutil.wait_procs(procs, timeout=10)[1]:
+        p.kill()
+    head.wait(timeout=10)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _actor_processes() -> dict[int, float]:
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline", "create_time"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if cmd.startswith(("ray::StageActor", "ray::Coordinator", "ray::IndexServer")) or ":StageActor" in cmd:
+            out[p.pid] = p.info["create_time"]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sigkilled_driver_on_a_joined_cluster_stops_only_its_own_actors(joined_cluster, recipe_factory, tmp_path):
+    address, head = joined_cluster
+    cluster = _tree(head.pid)
+    path = _recipe_file(
+        recipe_factory, tmp_path,
+        run={"name": "joined", "total_steps": 200},
+        model={"name": "synthetic", "path": "synthetic", "options": {"dim": 8, "steps": 3, "rollout_s": 0.02}},
+        pipeline={"backend": "ray", "tick_s": 0.2})
+    before = _actor_processes()
+    run_dir = tmp_path / "run"
+    proc = _start("run", str(path), "--run-dir", str(run_dir), "--no-live", "--address", address, env=CLUSTER_ENV)
+    _wait_for(lambda: (run_dir / "ledger.jsonl").exists() and len(ledger(run_dir)) >= 8, proc)
+    time.sleep(1.0)  # a few heartbeats: the driver has told its reaper the actors' pids
+    actors = [(pid, t) for pid, t in _actor_processes().items() if pid not in before]
+    assert len(actors) >= 4, actors  # 2 producers, a reward worker, a trainer (+ coordinator)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(actors):
+        time.sleep(0.5)
+    assert not _alive(actors), f"the run's actors outlived its driver: {_alive(actors)}"
+    # the cluster itself (gcs_server, raylet, ...) lives on for its other users
+    assert len(_alive(cluster)) == len(cluster), set(map(str, cluster)) - set(_alive(cluster))
