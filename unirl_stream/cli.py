@@ -147,8 +147,13 @@ def run(
     # With --resume the driver loads and checks the saved recipe (after taking the run
     # directory's lock); a recipe given as well is only compared with it.
     loaded = _load_checked(recipe, set_, weights=resume is None)[0] if recipe is not None else None
-    from unirl_stream.pipeline import driver
-
+    try:
+        driver = _component("unirl_stream.pipeline.driver")
+    except _Unavailable:
+        raise UserInputError(
+            f"{recipe}: the recipe is valid, but the pipeline is not available yet in this "
+            "build (unirl_stream.pipeline.driver is missing); nothing was trained"
+        ) from None
     live = not no_live and (loaded.logging.live if loaded is not None else True)
     driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
                overrides=set_ if resume is not None else None)

@@ -75,17 +75,29 @@ def test_run_passes_the_checked_recipe_to_the_driver(
     resume.mkdir()
     result = run_cli(
         "run", str(base_recipe), "--set", "run.total_steps=7", "--run-dir", str(tmp_path / "r"),
-        "--resume", str(resume), "--address", "10.0.0.1:6379", "--no-live",
+        "--address", "10.0.0.1:6379", "--no-live",
     )
     assert result.code == 0, result
     (call,) = driver.calls
     assert call["recipe"].run.total_steps == 7
     assert call["recipe"].source == str(base_recipe.resolve())
-    assert call["run_dir"] == tmp_path / "r" and call["resume"] == resume
+    assert call["run_dir"] == tmp_path / "r" and call["resume"] is None
     assert call["address"] == "10.0.0.1:6379" and call["live"] is False
     result = run_cli("run", str(base_recipe))
     assert result.code == 0
     assert driver.calls[1]["live"] is True and driver.calls[1]["address"] is None
+    # --resume: the recipe (if given) is passed to be compared with the saved one, and the
+    # --set overrides go to the driver, which applies them to the saved recipe
+    result = run_cli("run", str(base_recipe), "--set", "run.total_steps=7", "--resume", str(resume))
+    assert result.code == 0, result
+    call = driver.calls[2]
+    assert call["resume"] == resume and call["recipe"].run.total_steps == 7
+    assert call["overrides"] == ["run.total_steps=7"]
+    assert run_cli("run", "--resume", str(resume)).code == 0 and driver.calls[3]["recipe"] is None
+    both = run_cli("run", "--resume", str(resume), "--run-dir", str(tmp_path / "r"))
+    assert both.code == 2 and "--run-dir: not with --resume" in both.err
+    neither = run_cli("run")
+    assert neither.code == 2 and "give a RECIPE file, or --resume RUN_DIR" in neither.err
 
 
 def test_run_without_a_pipeline_says_so_and_trains_nothing(
