@@ -55,8 +55,6 @@ _FALLBACK: dict[str, str] = {
     "AlgorithmConfig.clip_range": "PPO ratio clip: ratios outside [1 - c, 1 + c] get no gradient.",
     "AlgorithmConfig.adv_clip": "Clip advantages to [-c, c] (unset: no clip).",
     "RewardSpec.weight": "Weight of this reward in the sum that forms the training reward.",
-    "Placement.num_cpus": "Ray CPUs per worker.",
-    "Placement.num_gpus": "Ray GPUs per worker (fractions share a GPU).",
     "StageSpec.workers": "Worker count of this stage.",
     "StageSpec.placement": "Ray resources of its workers.",
     "StageSpec.options": "Stage options, decoded by the stage's own ``Config`` Struct.",

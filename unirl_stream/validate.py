@@ -151,6 +151,11 @@ def _check_pipeline(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: pipeline.train_requires: empty; the trainer needs at least 'advantage'"
         )
+    if p.trainer_workers > 1 and p.backend == "local":
+        raise UserInputError(
+            f"{where}: pipeline.trainer_workers: the in-process backend runs one trainer rank, "
+            f"got {p.trainer_workers}; set pipeline.backend = \"ray\" for a trainer group"
+        )
     placements = {"rollout": p.rollout, "reward": p.reward, "trainer": p.trainer}
     placements |= {f"stages[{i}].placement": s.placement for i, s in enumerate(p.stages)}
     for name, placement in placements.items():

@@ -12,6 +12,11 @@
 3. gradient clipping to ``max_grad_norm`` before each optimizer step; then ``policy.version``
    += 1 for the batch (one trainer step = one batch = one policy version, as the pipeline
    counts them with ``publish_every = 1``; MixGRPO's window and staleness count versions).
+
+Data parallel (``dp``, a ``parallel.DataParallel``): ``batch`` is this rank's shard. Terms
+are weighted by their share of the *global* batch and gradients summed over ranks before
+clipping, so N ranks take the step one rank takes on the whole batch; the returned stats
+are global too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.config import AlgorithmConfig
+from unirl_stream.algorithms.parallel import DataParallel
 from unirl_stream.api import LossStats, Objective, Policy, Prompt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,18 +56,20 @@ def batch_logprobs(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
     with torch.no_grad():
         for rows in _chunks(len(prompts), micro_batch):
             out.append(fn([prompts[i] for i in rows], batch[rows]).detach().float())
-    return torch.cat(out)
+    # an empty shard (data parallel, fewer samples than ranks) has no rows
+    return torch.cat(out) if out else batch["log_probs"][:0].float()
 
 
-def _merge(parts: list[tuple[float, LossStats]], grad_norm: float) -> LossStats:
-    def avg(name: str) -> float:
-        return sum(w * getattr(s, name) for w, s in parts)
+_SUMMED = ("loss", "clip_frac", "approx_kl", "ratio_mean", "kl_ref")
 
-    return LossStats(
-        loss=avg("loss"), clip_frac=avg("clip_frac"), approx_kl=avg("approx_kl"),
-        ratio_mean=avg("ratio_mean"), ratio_max=max(s.ratio_max for _, s in parts),
-        ratio_min=min(s.ratio_min for _, s in parts), kl_ref=avg("kl_ref"), grad_norm=grad_norm,
-    )
+
+def _merge(parts: list[tuple[float, LossStats]], grad_norm: float, dp: DataParallel) -> LossStats:
+    """Weighted means over every rank's terms (weights are global shares: they sum to 1)."""
+    sums = dp.sum([sum(w * getattr(s, name) for w, s in parts) for name in _SUMMED])
+    hi, neg_lo = dp.max([max((s.ratio_max for _, s in parts), default=-math.inf),
+                         max((-s.ratio_min for _, s in parts), default=-math.inf)])
+    return LossStats(**dict(zip(_SUMMED, sums, strict=True)), ratio_max=hi, ratio_min=-neg_lo,
+                     grad_norm=grad_norm)
 
 
 def train_on_batch(
@@ -74,16 +82,19 @@ def train_on_batch(
     *,
     per_step: bool = True,
     bump_version: bool = True,
+    dp: DataParallel | None = None,
 ) -> list[LossStats]:
     """Run ``cfg.updates_per_batch`` updates on ``batch`` (fields: the policy's replay fields,
     ``log_probs`` = behaviour [B, K], ``advantage`` [B]). Returns one LossStats per update."""
     import torch
 
+    dp = dp or DataParallel.single()
     if "advantage" not in batch.keys():
         raise ValueError("train_on_batch: the batch has no 'advantage' field")
     B, K = batch["log_probs"].shape
     if len(prompts) != B:
         raise ValueError(f"train_on_batch: {len(prompts)} prompts for {B} trajectories")
+    total = int(dp.sum([float(B)])[0])  # the global batch: every rank weighs by it
     behavior = batch["log_probs"].float()
     adv = batch["advantage"].float().flatten()
     proximal = batch_logprobs(policy, prompts, batch, cfg.micro_batch)
@@ -106,12 +117,13 @@ def train_on_batch(
                 )
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
-                w = len(rows) * len(cols) / (B * K)
+                w = len(rows) * len(cols) / (total * K)
                 (loss * w).backward()
                 parts.append((w, stats))
+        dp.sum_gradients(params)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         optimizer.step()
-        history.append(_merge(parts, grad_norm))
+        history.append(_merge(parts, grad_norm, dp))
     if bump_version:
         policy.version += 1
     return history

@@ -12,11 +12,21 @@ class Placement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Ray resources of one stage's workers (fractions share a GPU)."""
 
     num_cpus: Annotated[float, Meta(ge=0)] = 0.0
+    """Ray CPUs per worker."""
     num_gpus: Annotated[float, Meta(ge=0)] = 0.0
+    """Ray GPUs per worker (fractions share a GPU)."""
     resources: dict[str, float] = {}
     """Custom Ray resources, e.g. ``{"rollout_node" = 1}`` to pin to labelled nodes."""
     gpu_ids: list[int] = []
     """Single-host shortcut: CUDA devices for this stage's workers (round-robin)."""
+
+
+class TrainerPlacement(Placement, forbid_unknown_fields=True, kw_only=True):
+    """Placement of the trainer's ranks, and how the group talks."""
+
+    collective_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    """Longest wait in any collective of the trainer group: a rank that died ends the group
+    within this (no rank hangs). Above the longest skew between ranks in one step."""
 
 
 class StageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,8 +49,10 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """eta: a sample from policy version u is trained at version v only if v - u <= eta."""
     rollout_workers: Annotated[int, Meta(ge=1)] = 1
     reward_workers: Annotated[int, Meta(ge=1)] = 1
-    trainer_workers: Annotated[int, Meta(ge=1, le=1)] = 1
-    """One trainer (data-parallel trainers are future work)."""
+    trainer_workers: Annotated[int, Meta(ge=1)] = 1
+    """Ranks of the data-parallel trainer group (Ray actors in one placement group, one
+    torch.distributed process group: NCCL on CUDA, gloo on CPU). Rank 0 batches and
+    publishes; every rank replays its shard of each batch. ``backend = "local"``: 1."""
     groups_per_step: Annotated[int, Meta(ge=1)] = 2
     """Prompt groups per optimizer batch (batch = groups_per_step * samples_per_prompt)."""
     rollout_batch: Annotated[int, Meta(ge=1)] = 4
@@ -59,7 +71,7 @@ class PipelineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stages: list[StageSpec] = []
     rollout: Placement = msgspec.field(default_factory=Placement)
     reward: Placement = msgspec.field(default_factory=Placement)
-    trainer: Placement = msgspec.field(default_factory=Placement)
+    trainer: TrainerPlacement = msgspec.field(default_factory=TrainerPlacement)
     tick_s: Annotated[float, Meta(gt=0)] = 1.0
     """How often workers report metrics."""
     max_restarts: Annotated[int, Meta(ge=0)] = 3

@@ -107,6 +107,7 @@ class Coordinator:
         self.position, self.dropped_groups = 0, 0
         self.version = resume.version if resume else 0
         self._workers: dict[str, Worker] = {}
+        self._board: dict[str, str] = {}
         self._weights: Any = None
         self._published_at = 0.0
         self._stopping = False
@@ -225,6 +226,15 @@ class Coordinator:
     def workers(self) -> dict[str, Worker]:
         with self._lock:
             return {k: msgspec.structs.replace(w) for k, w in self._workers.items()}
+
+    def post(self, key: str, value: str) -> None:
+        """A small rendezvous board (e.g. the trainer group's address, posted by rank 0)."""
+        with self._lock:
+            self._board[key] = value
+
+    def read(self, key: str) -> str | None:
+        with self._lock:
+            return self._board.get(key)
 
     def gate(self) -> Gate:
         with self._lock:

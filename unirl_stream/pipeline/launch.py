@@ -14,6 +14,7 @@ from unirl_stream.monitor.setup import Monitoring
 from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.control import Control
 from unirl_stream.pipeline.coordinator import Coordinator, ResumePoint
+from unirl_stream.pipeline.placement import check_fits, trainer_group
 from unirl_stream.pipeline.reaper import Reaper
 from unirl_stream.pipeline.runner import StageActor, StageLoop, format_error
 from unirl_stream.recipe import Recipe
@@ -33,7 +34,7 @@ class Run:
         self._started_ray = False
         self._workers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef)
         self._thread_errors: list[str] = []
-        self._trainer: Any = None
+        self._trainers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef) per rank
         self.actors: dict[str, Any] = {}  # Ray actor handles by source ("rollout/0", ...)
         self._reaper: Reaper | None = None
         self._host = socket.gethostname()
@@ -71,13 +72,14 @@ class Run:
                                       "logging_level": "WARNING"}
             if self.address:
                 kwargs["address"] = self.address
-            else:
-                kwargs["num_cpus"] = max(os.cpu_count() or 2, 2)
+            else:  # "local": a cluster of our own, even if `ray start` left one to join
+                kwargs |= {"address": "local", "num_cpus": max(os.cpu_count() or 2, 2)}
             ray.init(**kwargs)
             self._started_ray = True
             node = getattr(ray._private.worker, "_global_node", None)  # no public API for it
             if not self.address and node is not None and self._reaper is not None:
                 self._reaper.tell(session=node.get_session_dir_path())
+        check_fits(self.recipe.pipeline, ray.cluster_resources(), self.recipe.source or "recipe")
 
     def _coordinator(self) -> Any:
         from unirl_stream.data import load_prompts
@@ -119,9 +121,12 @@ class Run:
         return out
 
     def _start_workers(self) -> None:
+        p = self.recipe.pipeline
+        ranks = trainer_group(p.trainer_workers, p.trainer) if self.use_ray and p.trainer_workers > 1 else []
         for name, ctx, placement, restartable in self._contexts():
             if self.use_ray:
-                ref = self._actor(name, ctx, placement, restartable)
+                extra = ranks[ctx.worker] if name == "trainer" and ranks else {}
+                ref = self._actor(name, ctx, placement, restartable, extra)
             else:
                 ctx.sink = self.metrics.local_sink()
                 # Built here, one after another: lazy imports (diffusers) are not thread-safe.
@@ -130,16 +135,17 @@ class Run:
                 ref.start()
             self._workers.append((ctx.source, ref))
             if name == "trainer":
-                self._trainer = ref
+                self._trainers.append((ctx.source, ref))
 
-    def _actor(self, name: str, ctx: StageContext, placement: Any, restartable: bool) -> Any:
+    def _actor(self, name: str, ctx: StageContext, placement: Any, restartable: bool,
+               extra: dict[str, Any]) -> Any:
         import ray
 
         retries = self.recipe.pipeline.max_restarts if restartable else 0
+        options = {"num_cpus": placement.num_cpus, "num_gpus": placement.num_gpus} | extra
         cls = ray.remote(StageActor).options(
-            num_cpus=placement.num_cpus, num_gpus=placement.num_gpus,
-            resources=placement.resources or None, max_restarts=retries, max_task_retries=retries,
-            name=f"{self.run_id}:{ctx.source}")
+            **options, resources=placement.resources or None, max_restarts=retries,
+            max_task_retries=retries, name=f"{self.run_id}:{ctx.source}")
         actor = cls.remote(name, ctx, self.metrics.sink_factory())
         self.actors[ctx.source] = actor
         return actor.run.remote()
@@ -153,22 +159,28 @@ class Run:
 
     # ------------------------------------------------------------------ watch
     def finished(self) -> bool:
+        """Rank 0 of the trainer is done, or any rank ended with an error, or a stage failed."""
         if self.use_ray:
             import ray
 
-            done, _ = ray.wait([self._trainer], timeout=0)
-            if done:
-                self._collect(done[0])
-            return bool(done) or bool(self.control.errors())
-        return not self._trainer.is_alive() or bool(self.control.errors())
+            refs = [ref for _, ref in self._trainers]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            failed = [self._collect(src, ref) for src, ref in self._trainers if ref in done]
+            return refs[0] in done or any(failed) or bool(self.control.errors())
+        return not self._trainers[0][1].is_alive() or bool(self.control.errors())
 
-    def _collect(self, ref: Any) -> None:
+    def _collect(self, source: str, ref: Any) -> bool:
+        """True if that trainer rank died or raised: that ends the run, naming the rank."""
         import ray
 
         try:
             ray.get(ref)
-        except Exception as e:  # the trainer died: that ends the run
-            self._thread_errors.append(f"trainer: {format_error(e)}")
+            return False
+        except Exception as e:
+            msg = f"{source}: {format_error(e)}"
+            if msg not in self._thread_errors:
+                self._thread_errors.insert(0, msg)  # the rank that died first: it caused the rest
+            return True
 
     def watch(self) -> None:
         """Tell the reaper the stage workers' processes on this host: on a cluster joined

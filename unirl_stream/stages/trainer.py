@@ -1,17 +1,33 @@
-"""Trainer: claim ready groups, apply the staleness rule, update, publish, record outcomes."""
+"""Trainer: a group of N ranks. Rank 0 batches; every rank learns on its shard.
+
+- **Batcher** (rank 0 alone): claims whole groups, applies the staleness rule, decides which
+  samples of a batch are trained (reward NaN drops, filter fields), writes the ledger,
+  publishes weights, checkpoints and emits metrics.
+- **Learner** (every rank): reads its contiguous shard of the chosen sample ids from the
+  store itself (no tensor passes through rank 0) and takes the data-parallel optimizer step
+  (``train_on_batch`` with ``dp``), so N ranks make the update one rank would make.
+
+Rank 0 tells the others what to do with small messages over the process group: ``train``
+(the sample ids), ``idle`` (about once a second, so a follower's wait never hits the
+collective timeout) and ``stop``. The group leaves together: a rank that leaves its loop
+(the run is stopping) follows rank 0 until rank 0's ``stop``.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from unirl_stream import registry
+from unirl_stream.algorithms.parallel import DataParallel
 from unirl_stream.api import SampleMeta, SampleOutcome, StepResult, TrainStep, prompt_of_group
 from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.control import CoordinatorWeights
 from unirl_stream.stages.base import StageBase, StageContext
 
 TRAIN_TASK = "train"  # by group, requires: pipeline.train_requires
+IDLE_MESSAGE_S = 1.0
 
 
 class TrainerStage(StageBase):
@@ -33,16 +49,40 @@ class TrainerStage(StageBase):
         self.store.declare(self.policy.field_specs())
         self.objective = registry.load("algorithms", self.recipe.algorithm.name)(self.recipe.algorithm)
         self.optimizer = make_optimizer(self.policy, self.recipe.algorithm)
+        self.dp = self._join()
         self.weights = CoordinatorWeights(ctx.control)
         self.steps = 0
         self.version = 0
         self.pending: list[tuple[str, list[str], SampleMeta]] = []
-        if ctx.resume_from is not None:
+        self._stopped = self.dp.world == 1  # the group has exchanged its stop message
+        self._last_message = time.time()
+        if ctx.resume_from is not None:  # every rank: checkpoints hold full, unsharded state
             self.steps, self.version = checkpoint.restore(ctx.resume_from, self.policy, self.optimizer)
-        self.fields = [f.name for f in self.policy.field_specs() if f.name != "media"]
+        self.specs = [f for f in self.policy.field_specs() if f.name != "media"]
         self.filters = list(self.recipe.pipeline.train_filters)
-        self.fields += ["reward", "reward_ok", "advantage", *self.filters]
-        self._publish()
+        if self.dp.leader:
+            self._publish()
+
+    def _join(self) -> DataParallel:
+        from unirl_stream.algorithms.parallel import join
+
+        world, ctl = self.recipe.pipeline.trainer_workers, self.ctx.control
+        if world == 1:
+            return DataParallel.single()
+        import ray
+
+        key = f"{self.ctx.run_id}/trainer-rendezvous"
+        backend = "nccl" if str(self.policy_device()).startswith("cuda") else "gloo"
+        # One node: the group's sockets stay on loopback; across nodes they need the node's address.
+        host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
+        if host == "127.0.0.1":
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        return join(self.ctx.worker, world, post=lambda a: ctl.post(key, a), read=lambda: ctl.read(key),
+                    backend=backend, timeout_s=self.recipe.pipeline.trainer.collective_timeout_s, host=host)
+
+    def policy_device(self) -> str:
+        params = list(self.policy.trainable_parameters())
+        return str(params[0].device) if params else "cpu"
 
     def _publish(self) -> float:
         """Publish the current weights as ``self.version``; returns the seconds it took."""
@@ -51,18 +91,57 @@ class TrainerStage(StageBase):
         self.weights.publish(self.version, self.policy.export_weights())
         return time.time() - t0
 
+    # ------------------------------------------------------------------ the loop
     def step(self) -> StepResult:
+        return self._lead() if self.dp.leader else self._follow()
+
+    def _lead(self) -> StepResult:
         p = self.recipe.pipeline
         if self.steps >= self.recipe.run.total_steps:
+            self._stop()
             return StepResult(done=True)
         dropped = self._collect(p.groups_per_step - len(self.pending))
         if len(self.pending) < p.groups_per_step:
+            if not self._stopped and time.time() - self._last_message >= IDLE_MESSAGE_S:
+                self._tell({"op": "idle"})
             return StepResult(dropped=dropped)
         groups, self.pending = self.pending[: p.groups_per_step], self.pending[p.groups_per_step :]
         stats = self._train(groups)
+        done = self.steps >= self.recipe.run.total_steps
+        if done:
+            self._stop()
         return StepResult(processed=sum(len(ids) for _, ids, _ in groups), dropped=dropped,
-                          metrics=stats, done=self.steps >= self.recipe.run.total_steps)
+                          metrics=stats, done=done)
 
+    def _follow(self) -> StepResult:
+        message = self.dp.broadcast()
+        if message["op"] == "stop":
+            self._stopped = True
+            return StepResult(done=True)
+        if message["op"] == "train":
+            self._learn(message["ids"])
+            self.steps += 1
+            return StepResult(processed=len(self.dp.shard(len(message["ids"]))))
+        return StepResult()
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        self.dp.broadcast(message)
+        self._last_message = time.time()
+
+    def _stop(self) -> None:
+        if not self._stopped:
+            self._tell({"op": "stop"})
+            self._stopped = True
+
+    def close(self) -> None:
+        """The group leaves together: rank 0 sends ``stop``; the others follow until it."""
+        if self.dp.leader:
+            self._stop()
+        while not self._stopped:
+            self._follow()
+        self.dp.close()
+
+    # ------------------------------------------------------------------ batcher (rank 0)
     def _collect(self, want: int) -> int:
         """Claim up to ``want`` groups; drop the too-stale ones. Returns samples dropped."""
         if want <= 0:
@@ -74,7 +153,7 @@ class TrainerStage(StageBase):
         ids = list(claim.ids)
         metas = self.store.meta(ids)
         by_group: dict[str, tuple[list[str], SampleMeta]] = {}
-        for sid, m in zip(ids, metas):
+        for sid, m in zip(ids, metas, strict=True):
             by_group.setdefault(m.group, ([], m))[0].append(sid)
         dropped = 0
         for gid, (members, meta) in by_group.items():
@@ -90,14 +169,12 @@ class TrainerStage(StageBase):
         return dropped
 
     def _train(self, groups: list[tuple[str, list[str], SampleMeta]]) -> dict[str, float]:
-        from unirl_stream.algorithms.train import train_on_batch
-
         members = [(sid, m) for _, ids, m in groups for sid in ids]
         ids = [sid for sid, _ in members]
-        batch = self.store.get(ids, self.fields)
-        keep = batch["reward_ok"].bool()  # reward dropped (NaN, on_nan = "drop"): already final
-        rewards, advs = batch["reward"].tolist(), batch["advantage"].tolist()
-        for f, mask in self._filtered(batch, keep).items():
+        small = self.store.get(ids, ["reward", "reward_ok", "advantage", *self.filters])
+        keep = small["reward_ok"].bool()  # reward dropped (NaN, on_nan = "drop"): already final
+        rewards, advs = small["reward"].tolist(), small["advantage"].tolist()
+        for f, mask in self._filtered(small, keep).items():
             self.finalize([
                 self._outcome(members[j][0], members[j][1], "dropped", f"filtered: {f}=0", None, rewards[j], advs[j])
                 for j in mask.nonzero().flatten().tolist()])
@@ -107,10 +184,10 @@ class TrainerStage(StageBase):
             self.store.delete(ids)
             self.ctx.control.drop_group(len(groups))  # no step took them: their places go back
             return {}
-        prompts = [self.ctx.prompts_by_id[prompt_of_group(members[j][1].group)] for j in kept]
         trained_at = self.version
-        losses = train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch[keep],
-                                self.recipe.algorithm, bump_version=False)
+        kept_ids = [ids[j] for j in kept]
+        self._tell({"op": "train", "ids": kept_ids})
+        losses = self._learn(kept_ids)
         self.steps += 1
         latency = 0.0
         if self.steps % self.recipe.pipeline.publish_every == 0:
@@ -121,18 +198,21 @@ class TrainerStage(StageBase):
             for j in kept
         ])
         self.store.delete(ids)
-        last = losses[-1]
-        kept_rewards = [rewards[j] for j in kept]
-        mean = sum(kept_rewards) / max(len(kept_rewards), 1)
-        std = (sum((r - mean) ** 2 for r in kept_rewards) / max(len(kept_rewards), 1)) ** 0.5
+        mean = self._emit(losses[-1], [rewards[j] for j in kept],
+                          [trained_at - members[j][1].behavior_version for j in kept], latency)
+        self._maybe_checkpoint()
+        return {"loss": losses[-1].loss, "reward_mean": mean, "step": float(self.steps)}
+
+    def _emit(self, last: Any, rewards: list[float], staleness: list[int], latency: float) -> float:
+        """The step's metrics event; returns the kept samples' mean reward."""
+        mean = sum(rewards) / max(len(rewards), 1)
+        std = (sum((r - mean) ** 2 for r in rewards) / max(len(rewards), 1)) ** 0.5
         self.ctx.sink.emit(TrainStep(
             run_id=self.ctx.run_id, source=self.ctx.source, t=time.time(), step=self.steps,
-            policy_version=self.version, samples=len(kept), loss=last.loss, clip_frac=last.clip_frac,
+            policy_version=self.version, samples=len(rewards), loss=last.loss, clip_frac=last.clip_frac,
             approx_kl=last.approx_kl, grad_norm=last.grad_norm, reward_mean=mean, reward_std=std,
-            staleness=[trained_at - members[j][1].behavior_version for j in kept],
-            publish_latency_s=latency))
-        self._maybe_checkpoint()
-        return {"loss": last.loss, "reward_mean": mean, "step": float(self.steps)}
+            staleness=staleness, publish_latency_s=latency))
+        return mean
 
     def _filtered(self, batch: Any, keep: Any) -> dict[str, Any]:
         """Per filter field, the samples (still kept so far) that it removes."""
@@ -158,3 +238,32 @@ class TrainerStage(StageBase):
         last = self.steps >= self.recipe.run.total_steps
         if (every and self.steps % every == 0) or last:
             checkpoint.save(self.ctx.run_dir, self.steps, self.version, self.policy, self.optimizer)
+
+    # ------------------------------------------------------------------ learner (every rank)
+    def _learn(self, ids: list[str]) -> list[Any]:
+        """This rank's shard of ``ids``: read it from the store, take the data-parallel step."""
+        from unirl_stream.algorithms.train import train_on_batch
+
+        mine = self.dp.shard(len(ids))
+        shard = ids[mine.start:mine.stop]
+        batch = self.store.get(shard, [f.name for f in self.specs] + ["advantage"]) if shard else self._empty()
+        prompts = [self.ctx.prompts_by_id[prompt_of_group(self._group(sid))] for sid in shard]
+        return train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch,
+                              self.recipe.algorithm, bump_version=False, dp=self.dp)
+
+    def _empty(self) -> Any:
+        """A zero-row batch with the replay fields' shapes (a rank with nothing to replay
+        still takes part in every collective)."""
+        import torch
+        from tensordict import TensorDict
+
+        cols = {f.name: torch.zeros((0, *[max(d, 0) for d in f.shape]), dtype=getattr(torch, f.dtype))
+                for f in self.specs}
+        cols["advantage"] = torch.zeros(0, dtype=torch.float32)
+        return TensorDict(cols, batch_size=[0])
+
+    @staticmethod
+    def _group(sid: str) -> str:
+        from unirl_stream.api import split_sample_id
+
+        return split_sample_id(sid)[0]
