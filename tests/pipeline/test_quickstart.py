@@ -13,11 +13,12 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
-def _run(run_dir: Path, cwd: Path) -> tuple[float, float, float]:
-    """Run the quickstart; check the ledger; return (first-quarter mean, last-quarter mean, first std)."""
+def _run(run_dir: Path, cwd: Path, *sets: str) -> tuple[float, float, float]:
+    """Run the quickstart (with ``--set`` overrides); check the ledger; return (first-quarter
+    mean, last-quarter mean, first std)."""
     out = subprocess.run(
         [sys.executable, "-m", "unirl_stream.cli", "run", str(ROOT / "recipes" / "quickstart.toml"),
-         "--run-dir", str(run_dir), "--no-live"],
+         "--run-dir", str(run_dir), "--no-live", *[a for s in sets for a in ("--set", s)]],
         capture_output=True, text=True, timeout=600, cwd=cwd)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
@@ -34,14 +35,15 @@ def _run(run_dir: Path, cwd: Path) -> tuple[float, float, float]:
 
 
 @pytest.mark.slow
-def test_quickstart_trains_and_reward_rises(tmp_path):
+@pytest.mark.parametrize("sets", [(), ("pipeline.trainer_workers=2",)], ids=["1-trainer", "2-trainer-ranks"])
+def test_quickstart_trains_and_reward_rises(tmp_path, sets):
     # Measured gains of the last over the first quarter: 0.039-0.17 kB (2.4-10 first-quarter
     # std) over 50 steps; which samples train at which version depends on how the actors
     # interleave, so learning speed varies between runs. The margin asks for 1.5 std and
     # 0.02 kB, and a run that misses it gets one fresh retry (a stall in both is the failure).
     results = []
     for attempt in range(2):
-        first, last, spread = _run(tmp_path / f"quickstart-{attempt}", tmp_path)
+        first, last, spread = _run(tmp_path / f"quickstart-{attempt}", tmp_path, *sets)
         results.append((round(first, 4), round(last, 4), round(spread, 4)))
         if last - first > max(0.02, 1.5 * spread):
             return

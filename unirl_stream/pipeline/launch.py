@@ -179,7 +179,9 @@ class Run:
         except Exception as e:
             msg = f"{source}: {format_error(e)}"
             if msg not in self._thread_errors:
-                self._thread_errors.insert(0, msg)  # the rank that died first: it caused the rest
+                # A rank whose process died caused the others' collective errors: name it first.
+                at = 0 if isinstance(e, ray.exceptions.ActorDiedError) else len(self._thread_errors)
+                self._thread_errors.insert(at, msg)
             return True
 
     def watch(self) -> None:
@@ -189,7 +191,7 @@ class Run:
             self._reaper.tell(pids=[w.pid for w in self.control.workers().values() if w.host == self._host])
 
     def errors(self) -> list[str]:
-        return list(dict.fromkeys(self.control.errors() + self._thread_errors))
+        return list(dict.fromkeys(self._thread_errors + self.control.errors()))
 
     def emit(self, event: MetricEvent) -> None:
         self.metrics.emit(event)
