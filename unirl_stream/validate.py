@@ -151,6 +151,11 @@ def _check_pipeline(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: pipeline.train_requires: empty; the trainer needs at least 'advantage'"
         )
+    if p.trainer.sharding == "fsdp" and not hasattr(registry.load("models", recipe.model.name), "fsdp_units"):
+        raise UserInputError(
+            f"{where}: pipeline.trainer.sharding: model {recipe.model.name!r} names no FSDP units "
+            "(fsdp_units); use \"replicate\""
+        )
     if p.trainer_workers > 1 and p.backend == "local":
         raise UserInputError(
             f"{where}: pipeline.trainer_workers: the in-process backend runs one trainer rank, "

@@ -18,13 +18,13 @@ HERE = Path(__file__).resolve().parent
 STEPS, BATCH = 5, 4
 
 
-def _train(rank: int, world: int, board: str, out: str) -> None:
+def _train(rank: int, world: int, board: str, out: str, mode: str = "replicate") -> None:
     sys.path.insert(0, str(HERE))
     from core_helpers import PROMPTS, build_policy, make_recipe, perturb_lora
 
     from unirl_stream.algorithms.config import AlgorithmConfig
     from unirl_stream.algorithms.losses import GRPO
-    from unirl_stream.algorithms.parallel import DataParallel, join
+    from unirl_stream.algorithms.parallel import DataParallel, full_optimizer_state, join, shard
     from unirl_stream.algorithms.train import make_optimizer, train_on_batch
 
     torch.set_num_threads(1)
@@ -34,6 +34,8 @@ def _train(rank: int, world: int, board: str, out: str) -> None:
                backend="gloo", timeout_s=120, host="127.0.0.1") if world > 1 else DataParallel.single())
     policy = build_policy(make_recipe("two_expert", num_inference_steps=6, sde={"fraction": [0.0, 0.7]}))
     perturb_lora(policy, seed=3)
+    if mode == "fsdp":
+        shard(policy, dp)  # every block of both experts, then each expert
     cfg = AlgorithmConfig(micro_batch=1, updates_per_batch=2, clip_range=0.05, lr=3e-4)
     optimizer = make_optimizer(policy, cfg)
     losses = []
@@ -47,9 +49,14 @@ def _train(rank: int, world: int, board: str, out: str) -> None:
         stats = train_on_batch(policy, GRPO(cfg), optimizer, PROMPTS[mine.start:mine.stop],
                                batch[mine.start:mine.stop], cfg, dp=dp)
         losses.append([s.loss for s in stats] + [stats[-1].grad_norm])
+        if step == 2:  # a checkpoint mid-run gathers the state; training goes on after it
+            full_optimizer_state(optimizer)
+    weights = policy.export_weights()  # under fsdp a gather: every rank calls it
+    state = full_optimizer_state(optimizer)
     if dp.leader:
         Path(out).write_text(json.dumps(losses))
-        Path(out + ".weights").write_bytes(policy.export_weights())
+        Path(out + ".weights").write_bytes(weights)
+        torch.save(state, out + ".optim")
     dp.close()
 
 
@@ -60,10 +67,11 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.timeout(600)
-def test_two_ranks_equal_one_rank_after_five_steps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["replicate", "fsdp"])
+def test_two_ranks_equal_one_rank_after_five_steps(tmp_path: Path, mode: str) -> None:
     one, two = str(tmp_path / "one.json"), str(tmp_path / "two.json")
-    _train(0, 1, str(tmp_path / "board1"), one)
-    mp.start_processes(_train, args=(2, str(tmp_path / "board2"), two), nprocs=2, start_method="spawn")
+    _train(0, 1, str(tmp_path / "board1"), one)  # one rank, no group: the reference
+    mp.start_processes(_train, args=(2, str(tmp_path / "board2"), two, mode), nprocs=2, start_method="spawn")
     l1, l2 = json.loads(Path(one).read_text()), json.loads(Path(two).read_text())
     losses1, losses2 = torch.tensor(l1)[:, :-1], torch.tensor(l2)[:, :-1]
     norms1, norms2 = torch.tensor(l1)[:, -1], torch.tensor(l2)[:, -1]
@@ -74,13 +82,20 @@ def test_two_ranks_equal_one_rank_after_five_steps(tmp_path: Path) -> None:
     w_rel = max(((w1[k] - w2[k]).abs().max() / w1[k].abs().max()).item() for k in w1)
     start = _weights_at_start()
     moved = max((w1[k] - start[k]).abs().max().item() for k in w1)
-    print(f"max relative difference: losses {loss_rel:.2e}, grad norms {norm_rel:.2e}, "
+    print(f"{mode}: max relative difference: losses {loss_rel:.2e}, grad norms {norm_rel:.2e}, "
           f"LoRA weights {w_rel:.2e} (adapters moved by up to {moved:.2e})")
     assert norms1.min() > 0 and losses1.abs().min() > 0.1  # real losses and gradients
     assert moved > 1e-3  # training changed the adapters, so equal weights mean equal updates
     # Not bit for bit: the ranks sum gradients in another order ((g0+g1)+(g2+g3), not
     # ((g0+g1)+g2)+g3), and Adam amplifies that for near-zero gradient elements.
     assert loss_rel <= 1e-5 and norm_rel <= 1e-5 and w_rel <= 1e-5
+    # The gathered optimizer state (what a checkpoint holds) is the one rank's, in its format.
+    o1, o2 = torch.load(one + ".optim"), torch.load(two + ".optim")
+    assert o1["state"].keys() == o2["state"].keys() and len(o1["state"]) == len(w1)
+    for i, st in o1["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert type(o2["state"][i][key]) is torch.Tensor  # full tensors, not shards
+            torch.testing.assert_close(o2["state"][i][key], st[key], rtol=1e-4, atol=1e-9)
 
 
 def _weights_at_start() -> dict[str, torch.Tensor]:

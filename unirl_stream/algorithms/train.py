@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.config import AlgorithmConfig
-from unirl_stream.algorithms.parallel import DataParallel
+from unirl_stream.algorithms.parallel import DataParallel, full_tensor
 from unirl_stream.api import LossStats, Objective, Policy, Prompt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,10 +118,10 @@ def train_on_batch(
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
                 w = len(rows) * len(cols) / (total * K)
-                (loss * w).backward()
+                (loss * (w * dp.grad_scale)).backward()
                 parts.append((w, stats))
         dp.sum_gradients(params)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
         optimizer.step()
         history.append(_merge(parts, grad_norm, dp))
     if bump_version:

@@ -60,10 +60,12 @@ def export_lora(experts: dict[str, Any]) -> bytes:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save
 
+    from unirl_stream.algorithms.parallel import full_tensor
+
     tensors = {}
-    for name, model in experts.items():
+    for name, model in experts.items():  # sharded (FSDP2) adapters are gathered: a collective
         for key, t in get_peft_model_state_dict(model, adapter_name=ADAPTER).items():
-            tensors[f"{name}.{key}"] = t.detach().to("cpu").contiguous()
+            tensors[f"{name}.{key}"] = full_tensor(t.detach()).to("cpu").contiguous()
     return save(tensors, metadata={"format": "pt"})
 
 

@@ -343,6 +343,11 @@ class Wan22Policy:
         with torch.no_grad(), self._adapters_disabled():
             return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns)
 
+    def fsdp_units(self) -> list[tuple[Any, list[Any]]]:
+        """FSDP2 units: every expert with its transformer blocks (each block one unit, so one
+        block's full weights are alive at a time, as gradient checkpointing runs per block)."""
+        return [(model, list(model.blocks)) for model in self.experts]
+
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         return [p for model in self.trained.values() for p in lora_parameters(model)]
 

@@ -18,7 +18,9 @@ from typing import Any
 STATE = "state.json"
 
 
-def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any) -> Path:
+def save(run_dir: Path, step: int, version: int, weights: bytes, optimizer_state: dict[str, Any]) -> Path:
+    """``weights``: the policy's exported bytes; ``optimizer_state``: full (unsharded) tensors,
+    so any number of trainer ranks, in either memory mode, can resume from it."""
     import torch
 
     root = Path(run_dir) / "checkpoints"
@@ -26,8 +28,8 @@ def save(run_dir: Path, step: int, version: int, policy: Any, optimizer: Any) ->
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "weights.safetensors").write_bytes(policy.export_weights())
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "weights.safetensors").write_bytes(weights)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
     state = {"step": step, "version": version}
     (tmp / STATE).write_text(json.dumps(state), encoding="utf-8")
@@ -48,14 +50,20 @@ def read_state(ckpt: Path) -> tuple[int, int]:
     return state["step"], state["version"]
 
 
-def restore(ckpt: Path, policy: Any, optimizer: Any) -> tuple[int, int]:
-    """Load weights, optimizer and RNG; return (optimizer step, policy version)."""
+def restore(ckpt: Path, policy: Any) -> tuple[int, int]:
+    """Load weights (into the unsharded policy) and RNG; return (optimizer step, version)."""
     import torch
 
     step, version = read_state(ckpt)
     policy.load_weights((ckpt / "weights.safetensors").read_bytes(), version)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file, written above
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     return step, version
+
+
+def optimizer_state(ckpt: Path) -> dict[str, Any]:
+    """The full optimizer state dict (``parallel.load_optimizer_state`` shards it if needed)."""
+    import torch
+
+    return torch.load(ckpt / "optimizer.pt", weights_only=True)

@@ -24,6 +24,10 @@ class Placement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class TrainerPlacement(Placement, forbid_unknown_fields=True, kw_only=True):
     """Placement of the trainer's ranks, and how the group talks."""
 
+    sharding: Literal["replicate", "fsdp"] = "replicate"
+    """Memory mode of a trainer group: ``replicate`` (each rank holds the whole model; LoRA
+    gradients are all-reduced) or ``fsdp`` (FSDP2 per transformer block of every expert: the
+    frozen bf16 base and the fp32 LoRA masters are sharded over the ranks)."""
     collective_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     """Longest wait in any collective of the trainer group: a rank that died ends the group
     within this (no rank hangs). Above the longest skew between ranks in one step."""

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from unirl_stream import registry
+from unirl_stream.algorithms import parallel
 from unirl_stream.algorithms.parallel import DataParallel
 from unirl_stream.api import SampleMeta, SampleOutcome, StepResult, TrainStep, prompt_of_group
 from unirl_stream.pipeline import checkpoint
@@ -48,7 +49,6 @@ class TrainerStage(StageBase):
         self.policy: Any = policy_cls.from_recipe(self.recipe, device=ctx.device)
         self.store.declare(self.policy.field_specs())
         self.objective = registry.load("algorithms", self.recipe.algorithm.name)(self.recipe.algorithm)
-        self.optimizer = make_optimizer(self.policy, self.recipe.algorithm)
         self.dp = self._join()
         self.weights = CoordinatorWeights(ctx.control)
         self.steps = 0
@@ -56,25 +56,33 @@ class TrainerStage(StageBase):
         self.pending: list[tuple[str, list[str], SampleMeta]] = []
         self._stopped = self.dp.world == 1  # the group has exchanged its stop message
         self._last_message = time.time()
-        if ctx.resume_from is not None:  # every rank: checkpoints hold full, unsharded state
-            self.steps, self.version = checkpoint.restore(ctx.resume_from, self.policy, self.optimizer)
+        # Checkpoints hold full, unsharded state: weights load before sharding, the optimizer's
+        # state after it (cut like its parameters), on every rank.
+        if ctx.resume_from is not None:
+            self.steps, self.version = checkpoint.restore(ctx.resume_from, self.policy)
+        if self.recipe.pipeline.trainer.sharding == "fsdp":
+            parallel.shard(self.policy, self.dp)
+        self.optimizer = make_optimizer(self.policy, self.recipe.algorithm)
+        if ctx.resume_from is not None:
+            parallel.load_optimizer_state(self.optimizer, checkpoint.optimizer_state(ctx.resume_from))
         self.specs = [f for f in self.policy.field_specs() if f.name != "media"]
         self.filters = list(self.recipe.pipeline.train_filters)
-        if self.dp.leader:
-            self._publish()
+        self._publish()  # version 0 (or the checkpoint's): producers start from it
 
     def _join(self) -> DataParallel:
         from unirl_stream.algorithms.parallel import join
 
         world, ctl = self.recipe.pipeline.trainer_workers, self.ctx.control
-        if world == 1:
-            return DataParallel.single()
-        import ray
-
+        if world == 1 and self.recipe.pipeline.trainer.sharding != "fsdp":
+            return DataParallel.single()  # FSDP2 needs a process group, even of one rank
         key = f"{self.ctx.run_id}/trainer-rendezvous"
         backend = "nccl" if str(self.policy_device()).startswith("cuda") else "gloo"
         # One node: the group's sockets stay on loopback; across nodes they need the node's address.
-        host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
+        host = "127.0.0.1"
+        if world > 1:
+            import ray
+
+            host = host if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
         if host == "127.0.0.1":
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         return join(self.ctx.worker, world, post=lambda a: ctl.post(key, a), read=lambda: ctl.read(key),
@@ -85,11 +93,21 @@ class TrainerStage(StageBase):
         return str(params[0].device) if params else "cpu"
 
     def _publish(self) -> float:
-        """Publish the current weights as ``self.version``; returns the seconds it took."""
+        """Publish the current weights as ``self.version`` (rank 0); returns the seconds it
+        took. Under fsdp every rank takes part: the export gathers the sharded adapters."""
         t0 = time.time()
         self.policy.version = self.version
-        self.weights.publish(self.version, self.policy.export_weights())
+        if self.dp.leader or self.dp.sharded:
+            blob = self.policy.export_weights()
+            if self.dp.leader:
+                self.weights.publish(self.version, blob)
         return time.time() - t0
+
+    def _publish_if_due(self) -> float:
+        if self.steps % self.recipe.pipeline.publish_every:
+            return 0.0
+        self.version += 1
+        return self._publish()
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> StepResult:
@@ -118,9 +136,11 @@ class TrainerStage(StageBase):
         if message["op"] == "stop":
             self._stopped = True
             return StepResult(done=True)
-        if message["op"] == "train":
+        if message["op"] == "train":  # the same steps as rank 0, collectives in the same order
             self._learn(message["ids"])
             self.steps += 1
+            self._publish_if_due()
+            self._maybe_checkpoint()
             return StepResult(processed=len(self.dp.shard(len(message["ids"]))))
         return StepResult()
 
@@ -189,10 +209,7 @@ class TrainerStage(StageBase):
         self._tell({"op": "train", "ids": kept_ids})
         losses = self._learn(kept_ids)
         self.steps += 1
-        latency = 0.0
-        if self.steps % self.recipe.pipeline.publish_every == 0:
-            self.version += 1
-            latency = self._publish()
+        latency = self._publish_if_due()
         self.finalize([
             self._outcome(members[j][0], members[j][1], "trained", "", trained_at, rewards[j], advs[j])
             for j in kept
@@ -236,8 +253,12 @@ class TrainerStage(StageBase):
     def _maybe_checkpoint(self) -> None:
         every = self.recipe.run.checkpoint_every
         last = self.steps >= self.recipe.run.total_steps
-        if (every and self.steps % every == 0) or last:
-            checkpoint.save(self.ctx.run_dir, self.steps, self.version, self.policy, self.optimizer)
+        if not ((every and self.steps % every == 0) or last) or not (self.dp.leader or self.dp.sharded):
+            return
+        weights = self.policy.export_weights()  # both gather under fsdp: every rank calls them
+        state = parallel.full_optimizer_state(self.optimizer)
+        if self.dp.leader:
+            checkpoint.save(self.ctx.run_dir, self.steps, self.version, weights, state)
 
     # ------------------------------------------------------------------ learner (every rank)
     def _learn(self, ids: list[str]) -> list[Any]:
