@@ -12,7 +12,7 @@ import pytest
 from .conftest import assert_exactly_once, ledger
 from .test_faults import _checkpoints, _cli, _recipe_file, _start, _wait_for
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 
 
 def _rank_pid(run_dir, rank: int) -> int | None:
@@ -27,6 +27,8 @@ def _rank_pid(run_dir, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_killed_trainer_rank_ends_the_run_then_one_rank_resumes(recipe_factory, tmp_path):
     path = _recipe_file(
         recipe_factory, tmp_path,
@@ -53,3 +55,28 @@ def test_killed_trainer_rank_ends_the_run_then_one_rank_resumes(recipe_factory, 
     rows = assert_exactly_once(run_dir)
     assert before <= {r["sample_id"] for r in rows}
     assert max(r["trained_at_version"] for r in rows if r["status"] == "trained") == 13
+
+
+@pytest.mark.ray
+def test_more_gpus_than_the_cluster_has_fails_before_any_actor_starts(recipe_factory, tmp_path):
+    path = _recipe_file(recipe_factory, tmp_path,
+                        pipeline={"backend": "ray", "trainer_workers": 2, "trainer": {"num_gpus": 1}})
+    t0 = time.time()
+    out = _cli("run", str(path), "--run-dir", str(tmp_path / "run"), "--no-live")
+    assert out.returncode == 2, out.stderr
+    assert "pipeline.trainer: 2 workers x 1 GPU = 2 GPU, but the Ray cluster has 0 GPU" in out.stderr
+    assert "Traceback" not in out.stderr and time.time() - t0 < 60
+    assert not (tmp_path / "run" / "groups.jsonl").exists()  # nothing started, nothing journaled
+
+
+def test_check_fits_counts_every_stage_together():
+    from unirl_stream.api import UserInputError
+    from unirl_stream.pipeline.config import PipelineConfig, Placement, TrainerPlacement
+    from unirl_stream.pipeline.placement import check_fits
+
+    p = PipelineConfig(rollout_workers=6, rollout=Placement(num_gpus=1), trainer_workers=2,
+                       trainer=TrainerPlacement(num_gpus=1), reward=Placement(num_gpus=0.5))
+    check_fits(p, {"GPU": 8.5, "CPU": 2}, "r.toml")
+    with pytest.raises(UserInputError, match=r"the stages ask for 8.5 GPU together \(rollout 6 x 1, reward 1 x 0.5, "
+                                             r"trainer 2 x 1\), but the Ray cluster has 8 GPU"):
+        check_fits(p, {"GPU": 8, "CPU": 2}, "r.toml")
