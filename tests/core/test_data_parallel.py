@@ -66,11 +66,18 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
     return load(Path(path).read_bytes())
 
 
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One rank, no process group: the reference both modes are compared with."""
+    out = str(tmp_path_factory.mktemp("one-rank") / "one.json")
+    _train(0, 1, out + ".board", out)
+    return out
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("mode", ["replicate", "fsdp"])
-def test_two_ranks_equal_one_rank_after_five_steps(tmp_path: Path, mode: str) -> None:
-    one, two = str(tmp_path / "one.json"), str(tmp_path / "two.json")
-    _train(0, 1, str(tmp_path / "board1"), one)  # one rank, no group: the reference
+def test_two_ranks_equal_one_rank_after_five_steps(one_rank: str, tmp_path: Path, mode: str) -> None:
+    one, two = one_rank, str(tmp_path / "two.json")
     mp.start_processes(_train, args=(2, str(tmp_path / "board2"), two, mode), nprocs=2, start_method="spawn")
     l1, l2 = json.loads(Path(one).read_text()), json.loads(Path(two).read_text())
     losses1, losses2 = torch.tensor(l1)[:, :-1], torch.tensor(l2)[:, :-1]
