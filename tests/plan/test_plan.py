@@ -1,0 +1,221 @@
+"""``unirl-stream plan``: the cost model on hand-made cost files (every number below is
+computed by hand in the comments), bad input, and the real command on the shipped recipe."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unirl_stream.cli import main
+from unirl_stream.planning import model as cm
+from unirl_stream.planning.costs import CostRow
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "wan22_dancegrpo.toml"
+GEOMETRY = {"model": "A14B", "height": 480, "width": 832, "frames": 33, "guidance": 1.0, "source": "hand-made"}
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def hand_rows(replay: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Producer 9 + 1 = 10 s, reward 1 s, replay 20 s per sample (no proximal share)."""
+    return [{**GEOMETRY, "stage": "rollout", "seconds": 9.0, "steps": 20},
+            {**GEOMETRY, "stage": "decode", "seconds": 1.0, "steps": 1},
+            {**GEOMETRY, "stage": "reward", "seconds": 1.0, "steps": 1},
+            {**GEOMETRY, "stage": "replay", "seconds": 20.0, "steps": 12, **(replay or {})}]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    """The shipped recipe with eta 2 and one update per batch (so replay = its row)."""
+    text = RECIPE.read_text(encoding="utf-8")
+    text = text.replace("max_staleness = 1", "max_staleness = 2").replace("updates_per_batch = 2", "updates_per_batch = 1")
+    assert "max_staleness = 2" in text and "updates_per_batch = 1" in text
+    path = tmp_path / "r.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def plan_json(recipe: Path, costs: Path, *extra: str) -> dict[str, Any]:
+    code, out, err = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs), "--json", *extra)
+    assert (code, err) == (0, ""), err
+    return json.loads(out)
+
+
+def test_known_optimum_bottleneck_and_sync_by_hand(recipe: Path, tmp_path: Path) -> None:
+    got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", hand_rows()))
+    chosen = got["chosen"]
+    # Shared reward (70 + 4 GiB <= 80): producers r / (10 + 1), trainer t * 0.9 / 20.
+    # r=3,t=5: min(0.2727, 0.225) = 0.225; r=2,t=6: 0.1818; r=4,t=4: 0.18; own reward GPU
+    # r=2,w=1,t=5: min(0.2, 1, 0.225) = 0.2. Best: 3 producers (+1 reward on one), 5 ranks.
+    assert chosen["split"] == {"rollout": 3, "reward": 1, "trainer": 5, "reward_shared": True}
+    assert chosen["prediction"]["samples_per_s"] == pytest.approx(0.225)
+    assert chosen["prediction"]["bottleneck"] == "trainer"
+    # Latency 11/3 + 1 + 20/4.5 = 9.111 s per sample; 0.225 * 9.111 = 2.05 -> eta 2 needed.
+    assert chosen["prediction"]["eta_needed"] == 2
+    # Today 6/1/1: one trainer rank, efficiency 1: 1/20 = 0.05 samples/s.
+    assert got["baseline"]["prediction"]["samples_per_s"] == pytest.approx(0.05)
+    assert got["ratios"]["chosen_over_one_trainer"] == pytest.approx(4.5)
+    # Sync: 8 / (9/0.9 + 1 + 1 + 20/0.9) = 8 / 34.222.
+    assert got["sync_samples_per_s"] == pytest.approx(8 / 34.2222222, rel=1e-6)
+    assert got["ratios"]["chosen_over_sync"] == pytest.approx(0.225 / (8 / 34.2222222), rel=1e-6)
+
+
+def test_a_low_eta_holds_the_pipeline_below_its_bound(recipe: Path, tmp_path: Path) -> None:
+    c = cm.Costs(rollout=9.0, decode=1.0, reward=1.0, replay=20.0)
+    one = cm.Split(rollout=3, reward=1, trainer=5, reward_shared=True)
+    # Latency 11/3 + 1/1 + 20/4.5 = 9.111 s: eta 1 allows 2 / 9.111 = 0.2195 < the bound 0.225.
+    assert cm.predict(one, c, 0.9, eta=1).samples_per_s == pytest.approx(2 / (11 / 3 + 1 + 20 / 4.5))
+    assert cm.predict(one, c, 0.9, eta=2).samples_per_s == pytest.approx(0.225)
+    eta1 = recipe.parent / "eta1.toml"
+    eta1.write_text(recipe.read_text().replace("max_staleness = 2", "max_staleness = 1"))
+    got = plan_json(eta1, write_jsonl(tmp_path / "c.jsonl", hand_rows()))
+    # At eta 1 the planner takes a second reward worker: latency 11/3 + 1/2 + 20/4.5 = 8.61,
+    # 2 / 8.61 = 0.232 >= 0.225, so the bound holds again with eta 1.
+    assert got["chosen"]["split"] == {"rollout": 3, "reward": 2, "trainer": 5, "reward_shared": True}
+    assert got["chosen"]["prediction"]["samples_per_s"] == pytest.approx(0.225)
+    assert got["chosen"]["prediction"]["eta_needed"] == 1
+    eta0 = recipe.parent / "eta0.toml"
+    eta0.write_text(recipe.read_text().replace("max_staleness = 2", "max_staleness = 0"))
+    code, out, _ = cli("plan", str(eta0), "--gpus", "8", "--costs", str(tmp_path / "c.jsonl"))
+    # One trainer, eta 0: 1 / (10/6 + 1 + 20) = 0.04412 instead of its bound 0.05.
+    assert code == 0 and "predicted 0.04412 samples/s" in out
+    assert "needs max_staleness >= 1 (recipe: 0): TOO LOW" in out
+
+
+def test_unmeasured_input_prints_its_range_and_both_ends(recipe: Path, tmp_path: Path) -> None:
+    costs = write_jsonl(tmp_path / "c.jsonl", hand_rows({"low": 10.0, "high": 40.0}))
+    got = plan_json(recipe, costs)
+    # Slow end: replay 40, dp 0.8: chosen 5 * 0.8 / 40 = 0.1, one trainer 1/40 = 0.025.
+    assert got["slow"]["chosen"] == pytest.approx(0.1)
+    assert got["slow"]["baseline"] == pytest.approx(0.025)
+    # Fast end: replay 10, dp 0.97: trainer 0.485 > producers 3 / 11 = 0.2727.
+    assert got["fast"]["chosen"] == pytest.approx(3 / 11)
+    code, out, _ = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs))
+    assert code == 0
+    assert "replay_s                        20 s/sample  NOT MEASURED, range 10 .. 40; hand-made" in out
+    assert "rollout_s                        9 s/sample  measured" in out
+    assert "slow end:" in out and "one trainer 0.025 (4.00x)" in out
+
+
+def test_geometry_scaling_is_an_extrapolation(recipe: Path, tmp_path: Path) -> None:
+    rows = hand_rows()
+    rows[0] |= {"frames": 17, "steps": 10}  # 5 latent frames instead of 9, half the steps
+    got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", rows))
+    assert got["costs"]["rollout"] == pytest.approx(9.0 * 9 / 5 * 2)
+    assert len(got["extrapolations"]) == 1 and "an extrapolation" in got["extrapolations"][0]
+    row = CostRow(**{**GEOMETRY, "stage": "replay", "seconds": 1.0, "steps": 12, "guidance": 5.0})
+    shape = cm.Shape(height=480, width=832, frames=33, steps=20, sde_steps=6, guidance=1.0, updates=1,
+                     batch=32, eta=1)
+    assert cm.scale(row, shape) == pytest.approx(0.5 * 0.5)  # half the SDE steps, no CFG pair
+
+
+def test_memory_decides_sharing_and_sharding(recipe: Path, tmp_path: Path) -> None:
+    costs = write_jsonl(tmp_path / "c.jsonl", hand_rows())
+    big = plan_json(recipe, costs, "--gpu-memory-gb", "141")
+    assert big["chosen"]["trainer_mode"] == "replicate"  # 85 GiB fits one 141 GiB GPU
+    assert big["baseline"]["fits"] is True
+    small = plan_json(recipe, costs)
+    assert small["chosen"]["trainer_mode"] == "fsdp"  # 85 > 80: 19.1 + 65.9 / 5 = 32.3 GiB
+    assert small["baseline"]["fits"] is False
+    code, _, err = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs), "--gpu-memory-gb", "60")
+    assert code == 2 and err.count("\n") == 1 and "no split fits: a producer needs 70 GiB" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"stage": "vae", ' + json.dumps(GEOMETRY)[1:-1] + ', "seconds": 1, "steps": 1}\n',
+         "c.jsonl:1: stage: unknown stage 'vae' (known: rollout, decode, reward, replay)"),
+        ("stage,seconds\nrollout,1\n", "c.jsonl:1: not a JSON object"),
+        (json.dumps({**GEOMETRY, "stage": "rollout", "seconds": "fast", "steps": 1}) + "\n",
+         "c.jsonl:1: seconds: Expected `float`, got `str`"),
+        ("\n" + json.dumps({**GEOMETRY, "stage": "rollout", "seconds": 2.0, "low": 3.0, "steps": 1}) + "\n",
+         "c.jsonl:2: low/high: the range [3.0, 2.0] must contain seconds = 2.0"),
+    ],
+    ids=["unknown-stage", "not-jsonl", "wrong-type", "bad-range"],
+)
+def test_bad_cost_files_exit_2_with_one_line(recipe: Path, tmp_path: Path, content: str, message: str) -> None:
+    costs = tmp_path / "c.jsonl"
+    costs.write_text(content, encoding="utf-8")
+    code, out, err = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs))
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_bad_arguments_exit_2(recipe: Path, tmp_path: Path) -> None:
+    costs = write_jsonl(tmp_path / "c.jsonl", hand_rows())
+    for args, message in [(["--gpus", "0"], "--gpus: 0: a layout needs at least 2 GPUs"),
+                          (["--gpus", "8", "--costs", str(tmp_path / "none.jsonl")], "cannot read the costs file"),
+                          (["--gpus", "8", "--costs", str(costs), "--model", "TI2V-5B"],
+                           "no cost row for model 'TI2V-5B', stage(s) rollout, decode, reward, replay")]:
+        code, _, err = cli("plan", str(recipe), *args)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_benchmark_rows_from_gpu_wan22_are_read(recipe: Path, tmp_path: Path) -> None:
+    """The stage-cost rows ``benchmarks/gpu_wan22.py`` writes (rows.py schema)."""
+    def bench(stage: str, value: float, **extra: Any) -> dict[str, Any]:
+        config = {"layout": "a14b", "model": "Wan2.2-T2V-A14B (reduced depth)", "geometry": "480x832x33",
+                  "steps": 20, "sde_steps": 12, "guidance": 1.0, "gpu": "NVIDIA H200", "stage": stage, **extra}
+        return {"benchmark": "wan22_stage_costs", "config": config, "metric": "stage_s_per_sample",
+                "value": value, "unit": "s", "git_commit": "abc1234", "machine": "x", "time": 0.0}
+    rows = [bench("rollout", 9.0), bench("decode", 1.0), bench("reward", 1.0),
+            bench("replay", 20.0, proximal_s=4.0),
+            {"benchmark": "gpu_wan22", "config": {}, "metric": "matmul_roof_tflops", "value": 700.0}]
+    got = plan_json(recipe, write_jsonl(tmp_path / "b.jsonl", rows))
+    assert got["model"] == "A14B" and got["costs"]["replay"] == pytest.approx(20.0)
+    assert got["chosen"]["split"]["trainer"] == 5
+    assert all(i["status"] == "measured" for i in got["inputs"] if i["name"].endswith("_s"))
+
+
+def test_shipped_recipe_on_8_gpus_with_committed_costs() -> None:
+    code, out, err = cli("plan", str(RECIPE), "--gpus", "8")
+    assert (code, err) == (0, "")
+    code, js, _ = cli("plan", str(RECIPE), "--gpus", "8", "--json")
+    got = json.loads(js)
+    assert got["baseline"]["split"] == {"rollout": 6, "reward": 1, "trainer": 1, "reward_shared": False}
+    assert got["ratios"]["chosen_over_one_trainer"] >= 4.0
+    assert got["ratios"]["slow_chosen_over_one_trainer"] >= 4.0  # and at the slow end of every range
+    assert "chosen / today:" in out and "chosen / sync:" in out and "synchronous loop on the same 8 GPUs" in out
+    names = {i["name"] for i in got["inputs"]}
+    assert names >= {"rollout_s", "decode_s", "reward_s", "replay_s", "replay_proximal_s", "dp_efficiency",
+                     "memory.rollout", "memory.trainer", "max_staleness", "batch", "sde_steps"}
+    for i in got["inputs"]:
+        assert f"  {i['name']} " in out and i["source"][:40] in out
+        assert i["status"] not in ("not measured", "assumed") or (i["low"] is not None and i["high"] is not None)
+    assert "replay_s                      62.6 s/sample  NOT MEASURED, range 56.9 .. 87.8" in out
+
+
+def test_the_recipe_ships_the_split_plan_chooses() -> None:
+    got = json.loads(cli("plan", str(RECIPE), "--gpus", "8", "--json")[1])
+    assert got["recipe_layout"]["split"] == got["chosen"]["split"]
+
+
+def test_plan_imports_no_torch() -> None:
+    code = ("import sys\nfrom unirl_stream.cli import main\ntry:\n    main(['plan', %r, '--gpus', '8'])\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\nassert 'torch' not in sys.modules\n") % str(RECIPE)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
