@@ -49,10 +49,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
-    """The shipped recipe with eta 2 and one update per batch (so replay = its row)."""
-    text = RECIPE.read_text(encoding="utf-8")
-    text = text.replace("max_staleness = 1", "max_staleness = 2").replace("updates_per_batch = 2", "updates_per_batch = 1")
-    assert "max_staleness = 2" in text and "updates_per_batch = 1" in text
+    """The shipped recipe (eta 1, batch 32) with one update per batch (so replay = its row)."""
+    text = RECIPE.read_text(encoding="utf-8").replace("updates_per_batch = 2", "updates_per_batch = 1")
+    assert "max_staleness = 1" in text and "updates_per_batch = 1" in text and "groups_per_step = 2" in text
     path = tmp_path / "r.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -67,39 +66,35 @@ def plan_json(recipe: Path, costs: Path, *extra: str) -> dict[str, Any]:
 def test_known_optimum_bottleneck_and_sync_by_hand(recipe: Path, tmp_path: Path) -> None:
     got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", hand_rows()))
     chosen = got["chosen"]
-    # Shared reward (70 + 4 GiB <= 80): producers r / (10 + 1), trainer t * 0.9 / 20.
-    # r=3,t=5: min(0.2727, 0.225) = 0.225; r=2,t=6: 0.1818; r=4,t=4: 0.18; own reward GPU
-    # r=2,w=1,t=5: min(0.2, 1, 0.225) = 0.2. Best: 3 producers (+1 reward on one), 5 ranks.
+    # Shared reward (70 + 4 GiB <= 80): producers r / (10 + 1); t ranks step on ceil(32 / t)
+    # samples: 32 * 0.9 / (ceil(32 / t) * 20). r=3,t=5: min(0.2727, 28.8 / 140 = 0.2057);
+    # r=2,t=6: min(0.1818, 0.24); r=4,t=4: min(0.3636, 0.18); own reward GPU r=2,w=1,t=5:
+    # min(0.2, 1, 0.2057) = 0.2. Best: 3 producers (+1 reward on one of them), 5 ranks.
     assert chosen["split"] == {"rollout": 3, "reward": 1, "trainer": 5, "reward_shared": True}
-    assert chosen["prediction"]["samples_per_s"] == pytest.approx(0.225)
+    assert chosen["prediction"]["samples_per_s"] == pytest.approx(28.8 / 140)
     assert chosen["prediction"]["bottleneck"] == "trainer"
-    # Latency 11/3 + 1 + 20/4.5 = 9.111 s per sample; 0.225 * 9.111 = 2.05 -> eta 2 needed.
-    assert chosen["prediction"]["eta_needed"] == 2
+    # Latency 11/3 + 1 + 140/28.8 = 9.53 s per sample; 0.2057 * 9.53 = 1.96 -> eta 1 needed.
+    assert chosen["prediction"]["eta_needed"] == 1
     # Today 6/1/1: one trainer rank, efficiency 1: 1/20 = 0.05 samples/s.
     assert got["baseline"]["prediction"]["samples_per_s"] == pytest.approx(0.05)
-    assert got["ratios"]["chosen_over_one_trainer"] == pytest.approx(4.5)
-    # Sync: 8 / (9/0.9 + 1 + 1 + 20/0.9) = 8 / 34.222.
+    assert got["ratios"]["chosen_over_one_trainer"] == pytest.approx(28.8 / 140 / 0.05)
+    # Sync: 32 / (4 per GPU x (9/0.9 + 1 + 1 + 20/0.9)) = 8 / 34.222.
     assert got["sync_samples_per_s"] == pytest.approx(8 / 34.2222222, rel=1e-6)
-    assert got["ratios"]["chosen_over_sync"] == pytest.approx(0.225 / (8 / 34.2222222), rel=1e-6)
+    assert got["ratios"]["chosen_over_sync"] == pytest.approx(28.8 / 140 / (8 / 34.2222222), rel=1e-6)
 
 
 def test_a_low_eta_holds_the_pipeline_below_its_bound(recipe: Path, tmp_path: Path) -> None:
     c = cm.Costs(rollout=9.0, decode=1.0, reward=1.0, replay=20.0)
     one = cm.Split(rollout=3, reward=1, trainer=5, reward_shared=True)
-    # Latency 11/3 + 1/1 + 20/4.5 = 9.111 s: eta 1 allows 2 / 9.111 = 0.2195 < the bound 0.225.
-    assert cm.predict(one, c, 0.9, eta=1).samples_per_s == pytest.approx(2 / (11 / 3 + 1 + 20 / 4.5))
-    assert cm.predict(one, c, 0.9, eta=2).samples_per_s == pytest.approx(0.225)
-    eta1 = recipe.parent / "eta1.toml"
-    eta1.write_text(recipe.read_text().replace("max_staleness = 2", "max_staleness = 1"))
-    got = plan_json(eta1, write_jsonl(tmp_path / "c.jsonl", hand_rows()))
-    # At eta 1 the planner takes a second reward worker: latency 11/3 + 1/2 + 20/4.5 = 8.61,
-    # 2 / 8.61 = 0.232 >= 0.225, so the bound holds again with eta 1.
-    assert got["chosen"]["split"] == {"rollout": 3, "reward": 2, "trainer": 5, "reward_shared": True}
-    assert got["chosen"]["prediction"]["samples_per_s"] == pytest.approx(0.225)
-    assert got["chosen"]["prediction"]["eta_needed"] == 1
+    latency = 11 / 3 + 1 + 140 / 28.8
+    # eta 0 allows 1 / latency = 0.105, below the bound 0.2057 that eta 1 reaches.
+    assert cm.predict(one, c, 0.9, eta=0, batch=32).samples_per_s == pytest.approx(1 / latency)
+    assert cm.predict(one, c, 0.9, eta=1, batch=32).samples_per_s == pytest.approx(28.8 / 140)
+    # 30 samples over 5 ranks are 6 each, even; 32 put 7 on the busiest rank (above).
+    assert cm.capacities(one, c, 0.9, 30)["trainer"] == pytest.approx(30 * 0.9 / (6 * 20))
     eta0 = recipe.parent / "eta0.toml"
-    eta0.write_text(recipe.read_text().replace("max_staleness = 2", "max_staleness = 0"))
-    code, out, _ = cli("plan", str(eta0), "--gpus", "8", "--costs", str(tmp_path / "c.jsonl"))
+    eta0.write_text(recipe.read_text().replace("max_staleness = 1", "max_staleness = 0"))
+    code, out, _ = cli("plan", str(eta0), "--gpus", "8", "--costs", str(write_jsonl(tmp_path / "c.jsonl", hand_rows())))
     # One trainer, eta 0: 1 / (10/6 + 1 + 20) = 0.04412 instead of its bound 0.05.
     assert code == 0 and "predicted 0.04412 samples/s" in out
     assert "needs max_staleness >= 1 (recipe: 0): TOO LOW" in out
@@ -108,16 +103,16 @@ def test_a_low_eta_holds_the_pipeline_below_its_bound(recipe: Path, tmp_path: Pa
 def test_unmeasured_input_prints_its_range_and_both_ends(recipe: Path, tmp_path: Path) -> None:
     costs = write_jsonl(tmp_path / "c.jsonl", hand_rows({"low": 10.0, "high": 40.0}))
     got = plan_json(recipe, costs)
-    # Slow end: replay 40, dp 0.8: chosen 5 * 0.8 / 40 = 0.1, one trainer 1/40 = 0.025.
-    assert got["slow"]["chosen"] == pytest.approx(0.1)
+    # Slow end: replay 40, dp 0.8: chosen 32 * 0.8 / (7 * 40) = 0.0914, one trainer 1/40.
+    assert got["slow"]["chosen"] == pytest.approx(25.6 / 280)
     assert got["slow"]["baseline"] == pytest.approx(0.025)
-    # Fast end: replay 10, dp 0.97: trainer 0.485 > producers 3 / 11 = 0.2727.
+    # Fast end: replay 10, dp 0.97: trainer 31.04 / 70 = 0.443 > producers 3 / 11 = 0.2727.
     assert got["fast"]["chosen"] == pytest.approx(3 / 11)
     code, out, _ = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs))
     assert code == 0
     assert "replay_s                        20 s/sample  NOT MEASURED, range 10 .. 40; hand-made" in out
     assert "rollout_s                        9 s/sample  measured" in out
-    assert "slow end:" in out and "one trainer 0.025 (4.00x)" in out
+    assert "slow end:" in out and "one trainer 0.025 (3.66x)" in out
 
 
 def test_geometry_scaling_is_an_extrapolation(recipe: Path, tmp_path: Path) -> None:
@@ -138,7 +133,7 @@ def test_memory_decides_sharing_and_sharding(recipe: Path, tmp_path: Path) -> No
     assert big["chosen"]["trainer_mode"] == "replicate"  # 85 GiB fits one 141 GiB GPU
     assert big["baseline"]["fits"] is True
     small = plan_json(recipe, costs)
-    assert small["chosen"]["trainer_mode"] == "fsdp"  # 85 > 80: 19.1 + 65.9 / 5 = 32.3 GiB
+    assert small["chosen"]["trainer_mode"] == "fsdp"  # 85 > 80: 19.1 + 65.9 / 5 = 32.3 GiB a rank
     assert small["baseline"]["fits"] is False
     code, _, err = cli("plan", str(recipe), "--gpus", "8", "--costs", str(costs), "--gpu-memory-gb", "60")
     assert code == 2 and err.count("\n") == 1 and "no split fits: a producer needs 70 GiB" in err

@@ -4,11 +4,11 @@ Per-sample costs c_s (GPU-seconds) at the recipe's geometry give each stage a ca
 samples/s: producers r / (c_rollout + c_decode) (plus c_reward where the reward worker
 shares their GPUs), reward workers w / c_reward, trainer ranks t * e(t) / c_replay with e a
 data-parallel efficiency (1 for one rank). Pipelined, the steady state is the slowest
-capacity X, but only if the staleness gate lets enough batches be in flight: a batch passes
+capacity X (a trainer step waits for its busiest rank: ceil(B / t) samples), but only if the staleness gate lets enough batches be in flight: a batch passes
 every stage (latency sum_s B / cap_s) while the trainer trains others, so with eta the
 period is at least that latency / (eta + 1) (docs/scaling.md, "Cost model").
 The synchronous loop shards every phase over all N GPUs, one after another:
-N / (c_rollout / e + c_decode + c_reward + c_replay / e).
+B / (ceil(B / N) * (c_rollout / e + c_decode + c_reward + c_replay / e)).
 """
 
 from __future__ import annotations
@@ -118,14 +118,21 @@ def efficiency(ranks: int, dp: float) -> float:
     return 1.0 if ranks == 1 else dp
 
 
-def capacities(split: Split, c: Costs, dp: float) -> dict[str, float]:
+def shard(batch: int, ranks: int) -> int:
+    """Samples on the busiest rank: a step waits for it (32 over 6 ranks: 6, not 5.33)."""
+    return math.ceil(batch / ranks)
+
+
+def capacities(split: Split, c: Costs, dp: float, batch: int) -> dict[str, float]:
+    """Producers and reward workers stream (no batch barrier); trainer ranks step together."""
     producer_s = c.rollout + c.decode + (c.reward if split.reward_shared else 0.0)
+    trainer_step_s = shard(batch, split.trainer) * c.replay / efficiency(split.trainer, dp)
     return {"rollout": split.rollout / producer_s, "reward": split.reward / c.reward,
-            "trainer": split.trainer * efficiency(split.trainer, dp) / c.replay}
+            "trainer": batch / trainer_step_s}
 
 
-def predict(split: Split, c: Costs, dp: float, eta: int) -> Prediction:
-    cap = capacities(split, c, dp)
+def predict(split: Split, c: Costs, dp: float, eta: int, batch: int) -> Prediction:
+    cap = capacities(split, c, dp, batch)
     bottleneck = min(cap, key=lambda s: cap[s])
     bound = cap[bottleneck]
     latency = sum(1.0 / v for v in cap.values())  # seconds per sample through every stage
@@ -134,11 +141,12 @@ def predict(split: Split, c: Costs, dp: float, eta: int) -> Prediction:
                       capacity=cap, eta_needed=needed)
 
 
-def sync_rate(c: Costs, gpus: int, dp: float) -> float:
-    """Samples/s of the synchronous loop on ``gpus``: rollout through the trainer's FSDP2
-    model and replay pay the sharding efficiency, decode and reward are plain data parallel."""
+def sync_rate(c: Costs, gpus: int, dp: float, batch: int) -> float:
+    """Samples/s of the synchronous loop on ``gpus``: each phase runs the batch sharded over
+    every GPU; rollout through the trainer's FSDP2 model and replay pay the sharding
+    efficiency, decode and reward are plain data parallel."""
     e = efficiency(gpus, dp)
-    return gpus / (c.rollout / e + c.decode + c.reward + c.replay / e)
+    return batch / (shard(batch, gpus) * (c.rollout / e + c.decode + c.reward + c.replay / e))
 
 
 def trainer_rank_gib(mem: Memory, ranks: int, mode: str) -> float:
@@ -174,10 +182,10 @@ def candidates(gpus: int, mem: Memory, gpu_gib: float) -> list[Split]:
     return out
 
 
-def best(gpus: int, c: Costs, mem: Memory, gpu_gib: float, dp: float, eta: int) -> Split | None:
+def best(gpus: int, c: Costs, mem: Memory, gpu_gib: float, dp: float, eta: int, batch: int) -> Split | None:
     """The fastest fitting split at the recipe's eta; ties go to fewer reward workers, then
     more trainer ranks (headroom where the trainer's cost is the least certain)."""
     splits = candidates(gpus, mem, gpu_gib)
     if not splits:
         return None
-    return max(splits, key=lambda s: (round(predict(s, c, dp, eta).samples_per_s, 12), -s.reward, s.trainer))
+    return max(splits, key=lambda s: (round(predict(s, c, dp, eta, batch).samples_per_s, 12), -s.reward, s.trainer))

@@ -180,16 +180,17 @@ def recipe_split(recipe: Any) -> cm.Split:
 
 
 def layout(name: str, split: cm.Split, c: cm.Costs, mem: cm.Memory, gpu_gb: float, dp: float,
-           eta: int) -> Layout:
-    return Layout(name=name, split=split, prediction=cm.predict(split, c, dp, eta),
+           eta: int, batch: int) -> Layout:
+    return Layout(name=name, split=split, prediction=cm.predict(split, c, dp, eta, batch),
                   fits=cm.fits(split, mem, gpu_gb), trainer_mode=cm.trainer_mode(mem, split.trainer, gpu_gb))
 
 
 def end(rows: dict[str, CostRow], shape: cm.Shape, which: cm.End, dp: float, chosen: cm.Split,
         baseline: cm.Split, gpus: int) -> End:
     c = cm.costs(rows, shape, which)
-    return End(costs=c, dp_efficiency=dp, chosen=cm.predict(chosen, c, dp, shape.eta).samples_per_s,
-               baseline=cm.predict(baseline, c, dp, shape.eta).samples_per_s, sync=cm.sync_rate(c, gpus, dp))
+    b = shape.batch
+    return End(costs=c, dp_efficiency=dp, chosen=cm.predict(chosen, c, dp, shape.eta, b).samples_per_s,
+               baseline=cm.predict(baseline, c, dp, shape.eta, b).samples_per_s, sync=cm.sync_rate(c, gpus, dp, b))
 
 
 def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: float,
@@ -212,7 +213,7 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
     mem, mem_inputs = memory(rows, family)
     c = cm.costs(rows, shape)
     dp, dp_low, dp_high = DP_EFFICIENCY
-    chosen = cm.best(gpus, c, mem, gpu_gb, dp, shape.eta)
+    chosen = cm.best(gpus, c, mem, gpu_gb, dp, shape.eta, shape.batch)
     if chosen is None:
         raise UserInputError(f"--gpus {gpus} --gpu-memory-gb {gpu_gb:g}: no split fits: a producer needs "
                              f"{mem.rollout:g} GiB, a trainer rank {cm.trainer_rank_gib(mem, gpus - 1, 'fsdp'):.1f}"
@@ -227,10 +228,10 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
         recipe=str(recipe_path), model=family, gpus=gpus, gpu_memory_gb=gpu_gb,
         costs_file=str(costs_path) if costs_path else "benchmarks/results/costs_h200.jsonl (default)",
         shape=shape, costs=c, memory=mem, inputs=inputs,
-        chosen=layout("chosen", chosen, c, mem, gpu_gb, dp, shape.eta),
-        baseline=layout("one trainer", base, c, mem, gpu_gb, dp, shape.eta),
-        recipe_layout=layout("recipe as written", recipe_split(recipe), c, mem, gpu_gb, dp, shape.eta),
-        sync_samples_per_s=cm.sync_rate(c, gpus, dp), sync_gib_per_gpu=sync_gib,
+        chosen=layout("chosen", chosen, c, mem, gpu_gb, dp, shape.eta, shape.batch),
+        baseline=layout("one trainer", base, c, mem, gpu_gb, dp, shape.eta, shape.batch),
+        recipe_layout=layout("recipe as written", recipe_split(recipe), c, mem, gpu_gb, dp, shape.eta, shape.batch),
+        sync_samples_per_s=cm.sync_rate(c, gpus, dp, shape.batch), sync_gib_per_gpu=sync_gib,
         sync_reward_resident=sync_gib <= gpu_gb,
         fast=end(rows, shape, "low", dp_high, chosen, base, gpus),
         slow=end(rows, shape, "high", dp_low, chosen, base, gpus), extrapolations=extra)

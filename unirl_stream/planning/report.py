@@ -61,6 +61,10 @@ def _layout_lines(title: str, lay: Layout, p: Plan) -> list[str]:
              f"  staleness gate: the overlap needs max_staleness >= {pr.eta_needed} "
              f"(recipe: {p.shape.eta}): {gate}",
              f"  {_memory_text(lay, p)}"]
+    busiest = cm.shard(p.shape.batch, lay.split.trainer)
+    if busiest * lay.split.trainer != p.shape.batch:
+        lines.append(f"  trainer shards: {p.shape.batch} samples over {lay.split.trainer} ranks, {busiest} on the "
+                     f"busiest: {p.shape.batch / (busiest * lay.split.trainer):.0%} of the ranks' time is used")
     if not lay.fits:
         lines.append("  (predicted as if it fit)")
     return lines
@@ -96,8 +100,9 @@ def as_text(p: Plan) -> str:
         lines += [""] + _layout_lines("the recipe as written", p.recipe_layout, p)
     lines += ["", f"synchronous loop on the same {p.gpus} GPUs (every phase sharded over all {p.gpus}, one after "
                   f"another): {p.sync_samples_per_s:.4g} samples/s",
-              f"  = {p.gpus} / (rollout {c.rollout:.4g}/{dp:g} + decode {c.decode:.4g} + reward {c.reward:.4g} "
-              f"+ replay {c.replay:.4g}/{dp:g}); rollout through the trainer's FSDP2 model and adapters",
+              f"  = {s.batch} / ({cm.shard(s.batch, p.gpus)} x (rollout {c.rollout:.4g}/{dp:g} + decode "
+              f"{c.decode:.4g} + reward {c.reward:.4g} + replay {c.replay:.4g}/{dp:g})): rollout through the "
+              "trainer's FSDP2 model and adapters, decode and reward data parallel",
               f"  reward model {'resident' if p.sync_reward_resident else 'NOT resident (swap time not modelled)'}:"
               f" {p.sync_gib_per_gpu:.1f} of {p.gpu_memory_gb:g} GiB per GPU",
               f"  chosen / sync: {r['chosen_over_sync']:.2f}x", "",
