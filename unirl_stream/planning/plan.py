@@ -173,8 +173,9 @@ def recipe_inputs(recipe_path: Path, shape: cm.Shape, gpu_gb: float) -> list[Inp
 
 def recipe_split(recipe: Any) -> cm.Split:
     p = recipe.pipeline
-    shared = bool(p.reward.gpu_ids) and set(p.reward.gpu_ids) <= set(p.rollout.gpu_ids) \
-        or (not p.reward.gpu_ids and 0 < p.reward.num_gpus < 1)
+    by_ids = bool(p.reward.gpu_ids) and set(p.reward.gpu_ids) <= set(p.rollout.gpu_ids)
+    by_fraction = not p.reward.gpu_ids and 0 < p.reward.num_gpus and p.rollout.num_gpus + p.reward.num_gpus <= 1
+    shared = by_ids or by_fraction
     return cm.Split(rollout=p.rollout_workers, reward=p.reward_workers, trainer=p.trainer_workers,
                     reward_shared=shared)
 
