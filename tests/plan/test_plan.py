@@ -141,6 +141,21 @@ def test_memory_decides_sharing_and_sharding(recipe: Path, tmp_path: Path) -> No
     assert code == 2 and err.count("\n") == 1 and "no split fits: a producer needs 70 GiB" in err
 
 
+def test_memory_from_the_cost_rows(recipe: Path, tmp_path: Path) -> None:
+    rows = hand_rows()
+    rows[0]["memory_gib"] = 79.0  # a producer this big leaves no room for the reward model
+    got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", rows))
+    # Own reward GPU: r=2,w=1,t=5: bound min(2 / 10, 1, 0.2057) = 0.2 (r=3,w=1,t=4: 0.18);
+    # latency 5 + 1 + 4.861 = 10.861 s, so eta 1 allows 2 / 10.861 = 0.184 (eta 2 is needed).
+    pred = got["chosen"]["prediction"]
+    assert got["chosen"]["split"] == {"rollout": 2, "reward": 1, "trainer": 5, "reward_shared": False}
+    assert (pred["bound"], pred["bottleneck"], pred["eta_needed"]) == (pytest.approx(0.2), "rollout", 2)
+    assert pred["samples_per_s"] == pytest.approx(2 / (5 + 1 + 140 / 28.8))
+    memory = {i["name"]: i for i in got["inputs"] if i["name"].startswith("memory.")}
+    assert memory["memory.rollout"]["value"] == 79.0 and memory["memory.rollout"]["status"] == "measured"
+    assert memory["memory.trainer"]["status"] == "not measured" and memory["memory.trainer"]["high"] == 92.0
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -212,7 +227,9 @@ def test_the_recipe_ships_the_split_plan_chooses() -> None:
 
 
 def test_plan_imports_no_torch(recipe: Path) -> None:
-    code = ("import sys\nfrom unirl_stream.cli import main\ntry:\n    main(['plan', %r, '--gpus', '8'])\n"
-            "except SystemExit as e:\n    assert e.code == 0, e.code\nassert 'torch' not in sys.modules\n") % str(recipe)
+    code = "\n".join([
+        "import sys", "from unirl_stream.cli import main", "try:",
+        f"    main(['plan', {str(recipe)!r}, '--gpus', '8'])", "except SystemExit as e:",
+        "    assert e.code == 0, e.code", "assert 'torch' not in sys.modules"])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

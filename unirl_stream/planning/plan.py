@@ -102,29 +102,28 @@ def recipe_shape(recipe: Any) -> cm.Shape:
 
 
 def sde_steps(s: Any) -> int:
-    """SDE steps per sample: the steps whose index / n falls in [lo, hi), or k of them."""
-    n, (lo, hi) = s.num_inference_steps, s.sde.fraction
-    window = sum(1 for i in range(n) if lo <= i / n < hi)
-    if s.sde.selection == "random_k":
-        return min(s.sde.k, window)
-    if s.sde.selection == "mixgrpo_window":
-        return min(s.sde.window_size, window)
-    return window
+    """K, the SDE steps every trajectory scores (a recipe that selects none is bad input)."""
+    from unirl_stream.algorithms.selection import num_sde_steps
+
+    try:
+        return num_sde_steps(s.sde, s.num_inference_steps)
+    except ValueError as e:
+        raise UserInputError(str(e)) from None
 
 
 def memory(rows: dict[str, CostRow], family: str) -> tuple[cm.Memory, list[Input]]:
-    """Worker memory from the rows' memory_gib where given, else from MEMORY."""
+    """Worker memory from the rows' memory_gib / sharded_gib where given, else from MEMORY."""
     table = MEMORY.get(family, {})
-    row_for = {"rollout": rows["rollout"], "reward": rows["reward"], "trainer": rows["replay"],
-               "trainer_sharded": rows["replay"]}
+    rep = rows["replay"]
+    given = {"rollout": rows["rollout"].memory_gib, "reward": rows["reward"].memory_gib,
+             "trainer": rep.memory_gib, "trainer_sharded": rep.sharded_gib or None}
     got: dict[str, float] = {}
     inputs = []
-    for key, row in row_for.items():
-        given = row.sharded_gib if key == "trainer_sharded" else row.memory_gib
-        if given is not None and (given or key != "trainer_sharded"):
-            got[key] = given
-            inputs.append(Input(name=f"memory.{key}", value=given, unit="GiB", status="measured",
-                                source=f"cost row: {row.source}"))
+    for key, gib in given.items():
+        if gib is not None:
+            got[key] = gib
+            inputs.append(Input(name=f"memory.{key}", value=gib, unit="GiB", status="measured",
+                                source=f"cost row of {'replay' if key.startswith('trainer') else key}"))
         elif key in table:
             got[key], low, high, src = table[key]
             ranged = low != high
@@ -132,7 +131,7 @@ def memory(rows: dict[str, CostRow], family: str) -> tuple[cm.Memory, list[Input
                                 status="not measured" if ranged else "derived",
                                 low=low if ranged else None, high=high if ranged else None))
         else:
-            raise UserInputError(f"costs: stage {row.stage}: no memory_gib for model {family!r}; add it to the row")
+            raise UserInputError(f"costs: no memory_gib for model {family!r} ({key}); add it to its cost row")
     return cm.Memory(**got), inputs
 
 
