@@ -85,8 +85,17 @@ def test_known_optimum_bottleneck_and_sync_by_hand(recipe: Path, tmp_path: Path)
     assert got["ratios"]["chosen_over_sync"] == pytest.approx(28.8 / 140 / (8 / 34.2222222), rel=1e-6)
 
 
+def test_sync_rollout_row_prices_the_trainers_sampler(recipe: Path, tmp_path: Path) -> None:
+    rows = [*hand_rows(), {**GEOMETRY, "stage": "sync_rollout", "seconds": 18.0, "steps": 20}]
+    got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", rows))
+    # 32 / (4 x (18/0.9 + 1 + 1 + 20/0.9)) = 8 / 44.222; the async split is unchanged.
+    assert got["sync_samples_per_s"] == pytest.approx(8 / 44.2222222, rel=1e-6)
+    assert got["chosen"]["prediction"]["samples_per_s"] == pytest.approx(28.8 / 140)
+    assert [i["value"] for i in got["inputs"] if i["name"] == "sync_rollout_s"] == [18.0]
+
+
 def test_a_low_eta_holds_the_pipeline_below_its_bound(recipe: Path, tmp_path: Path) -> None:
-    c = cm.Costs(rollout=9.0, decode=1.0, reward=1.0, replay=20.0)
+    c = cm.Costs(rollout=9.0, decode=1.0, reward=1.0, replay=20.0, sync_rollout=9.0)
     one = cm.Split(rollout=3, reward=1, trainer=5, reward_shared=True)
     latency = 11 / 3 + 1 + 140 / 28.8
     # eta 0 allows 1 / latency = 0.105, below the bound 0.2057 that eta 1 reaches.
@@ -160,7 +169,7 @@ def test_memory_from_the_cost_rows(recipe: Path, tmp_path: Path) -> None:
     ("content", "message"),
     [
         ('{"stage": "vae", ' + json.dumps(GEOMETRY)[1:-1] + ', "seconds": 1, "steps": 1}\n',
-         "c.jsonl:1: stage: unknown stage 'vae' (known: rollout, decode, reward, replay)"),
+         "c.jsonl:1: stage: unknown stage 'vae' (known: rollout, decode, reward, replay, sync_rollout)"),
         ("stage,seconds\nrollout,1\n", "c.jsonl:1: not a JSON object"),
         (json.dumps({**GEOMETRY, "stage": "rollout", "seconds": "fast", "steps": 1}) + "\n",
          "c.jsonl:1: seconds: Expected `float`, got `str`"),

@@ -23,6 +23,9 @@ from unirl_stream.api import UserInputError
 STAGES = ("rollout", "decode", "reward", "replay")
 """rollout: the SDE sampler (no decode); decode: the VAE; reward: scoring one sample;
 replay: the trainer's proximal pass plus one update over the sample's SDE steps."""
+OPTIONAL = ("sync_rollout",)
+"""sync_rollout: the sampler run by the trainer's model and adapters (the synchronous loop's
+rollout) where it differs from the producers' (e.g. bf16 producer adapters); default: rollout."""
 
 BENCH_METRIC = "stage_s_per_sample"
 
@@ -100,8 +103,9 @@ def _field_message(text: str) -> str:
 
 
 def _check_row(path: Path, n: int, row: CostRow) -> None:
-    if row.stage not in STAGES:
-        raise UserInputError(f"{path}:{n}: stage: unknown stage {row.stage!r} (known: {', '.join(STAGES)})")
+    if row.stage not in STAGES + OPTIONAL:
+        raise UserInputError(f"{path}:{n}: stage: unknown stage {row.stage!r} "
+                             f"(known: {', '.join(STAGES + OPTIONAL)})")
     lo, hi = row.low if row.low is not None else row.seconds, row.high if row.high is not None else row.seconds
     if not lo <= row.seconds <= hi:
         raise UserInputError(f"{path}:{n}: low/high: the range [{lo}, {hi}] must contain seconds = {row.seconds}")

@@ -8,7 +8,7 @@ capacity X (a trainer step waits for its busiest rank: ceil(B / t) samples), but
 every stage (latency sum_s B / cap_s) while the trainer trains others, so with eta the
 period is at least that latency / (eta + 1) (docs/scaling.md, "Cost model").
 The synchronous loop shards every phase over all N GPUs, one after another:
-B / (ceil(B / N) * (c_rollout / e + c_decode + c_reward + c_replay / e)).
+B / (ceil(B / N) * (c_sync_rollout / e + c_decode + c_reward + c_replay / e)).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Costs(msgspec.Struct, frozen=True, kw_only=True):
     decode: float
     reward: float
     replay: float
+    sync_rollout: float
+    """The synchronous loop's rollout, through the trainer's model and adapters."""
 
 
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,7 +94,7 @@ def scale(row: CostRow, shape: Shape) -> float:
         return 1.0
     if row.stage == "decode":
         return shape.height * shape.width * shape.frames / (row.height * row.width * row.frames)
-    steps = shape.steps if row.stage == "rollout" else shape.sde_steps
+    steps = shape.sde_steps if row.stage == "replay" else shape.steps
     return (tokens(shape.height, shape.width, shape.frames) * steps * passes(shape.guidance)
             / (tokens(row.height, row.width, row.frames) * row.steps * passes(row.guidance)))
 
@@ -108,7 +110,9 @@ def costs(rows: dict[str, CostRow], shape: Shape, end: End = "value") -> Costs:
     rep = rows["replay"]
     rep_s = at(rep, end)
     update_s = rep_s * (1.0 - rep.proximal_s / rep.seconds)
+    sync = rows.get("sync_rollout", rows["rollout"])
     return Costs(rollout=at(rows["rollout"], end) * scale(rows["rollout"], shape),
+                 sync_rollout=at(sync, end) * scale(sync, shape),
                  decode=at(rows["decode"], end) * scale(rows["decode"], shape),
                  reward=at(rows["reward"], end),
                  replay=(rep_s + (shape.updates - 1) * update_s) * scale(rep, shape))
@@ -146,7 +150,7 @@ def sync_rate(c: Costs, gpus: int, dp: float, batch: int) -> float:
     every GPU; rollout through the trainer's FSDP2 model and replay pay the sharding
     efficiency, decode and reward are plain data parallel."""
     e = efficiency(gpus, dp)
-    return batch / (shard(batch, gpus) * (c.rollout / e + c.decode + c.reward + c.replay / e))
+    return batch / (shard(batch, gpus) * (c.sync_rollout / e + c.decode + c.reward + c.replay / e))
 
 
 def trainer_rank_gib(mem: Memory, ranks: int, mode: str) -> float:

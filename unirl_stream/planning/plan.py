@@ -9,7 +9,7 @@ import msgspec
 
 from unirl_stream.api import UserInputError
 from unirl_stream.planning import model as cm
-from unirl_stream.planning.costs import STAGES, CostRow, load_costs, model_family, pick
+from unirl_stream.planning.costs import OPTIONAL, STAGES, CostRow, load_costs, model_family, pick
 
 DEFAULT_COSTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "costs_h200.jsonl"
 DP_EFFICIENCY = (0.9, 0.8, 0.97)
@@ -137,7 +137,7 @@ def memory(rows: dict[str, CostRow], family: str) -> tuple[cm.Memory, list[Input
 
 def cost_inputs(rows: dict[str, CostRow], shape: cm.Shape) -> tuple[list[Input], list[str]]:
     inputs, extra = [], []
-    for stage in STAGES:
+    for stage in (s for s in STAGES + OPTIONAL if s in rows):
         r = rows[stage]
         f = cm.scale(r, shape)
         where = f"{r.gpu}, {r.height}x{r.width}x{r.frames}, {r.steps} steps, guidance {r.guidance:g}"
@@ -146,6 +146,12 @@ def cost_inputs(rows: dict[str, CostRow], shape: cm.Shape) -> tuple[list[Input],
         if abs(f - 1.0) > 1e-9:
             extra.append(f"{stage}: x{f:.3g} from the row's {where} to the recipe (tokens x steps x CFG "
                          "passes; an extrapolation, attention is not linear in tokens)")
+    if "sync_rollout" not in rows:
+        r = rows["rollout"]
+        inputs.append(Input(name="sync_rollout_s", value=r.seconds, unit="s/sample", low=r.low, high=r.high,
+                            status="measured" if r.measured else "not measured",
+                            source="= rollout_s (no sync_rollout row: the trainer's model samples with the "
+                                   "producers' adapter precision)"))
     rep = rows["replay"]
     share = rep.proximal_s / rep.seconds
     inputs.append(Input(name="replay_proximal_s", value=rep.proximal_s, unit="s/sample",

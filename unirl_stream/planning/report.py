@@ -100,7 +100,7 @@ def as_text(p: Plan) -> str:
         lines += [""] + _layout_lines("the recipe as written", p.recipe_layout, p)
     lines += ["", f"synchronous loop on the same {p.gpus} GPUs (every phase sharded over all {p.gpus}, one after "
                   f"another): {p.sync_samples_per_s:.4g} samples/s",
-              f"  = {s.batch} / ({cm.shard(s.batch, p.gpus)} x (rollout {c.rollout:.4g}/{dp:g} + decode "
+              f"  = {s.batch} / ({cm.shard(s.batch, p.gpus)} x (rollout {c.sync_rollout:.4g}/{dp:g} + decode "
               f"{c.decode:.4g} + reward {c.reward:.4g} + replay {c.replay:.4g}/{dp:g})): rollout through the "
               "trainer's FSDP2 model and adapters, decode and reward data parallel",
               f"  reward model {'resident' if p.sync_reward_resident else 'NOT resident (swap time not modelled)'}:"
