@@ -242,3 +242,23 @@ def test_plan_imports_no_torch(recipe: Path) -> None:
         "    assert e.code == 0, e.code", "assert 'torch' not in sys.modules"])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_gate_model_against_the_measured_pipeline_overlap_runs() -> None:
+    """The committed benchmark rows (real pipeline, sleep-cost stages): the model's fraction
+    of the bound per eta is within 0.11 of what was measured (it ignores that reward streams
+    behind rollout within a batch, so it is a little pessimistic)."""
+    seen = 0
+    for line in (ROOT / "benchmarks" / "results" / "pipeline_overlap.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        c = row["config"]
+        if row["metric"] != "throughput_over_bound" or c["mode"] != "async" or not c["costs"]["train"]:
+            continue
+        k, w = c["costs"], c["workers"]
+        costs = cm.Costs(rollout=k["rollout"], decode=0.0, reward=k["reward"], replay=k["train"],
+                         sync_rollout=k["rollout"])
+        split = cm.Split(rollout=w["rollout"], reward=w["reward"], trainer=1, reward_shared=False)
+        pred = cm.predict(split, costs, 1.0, eta=c["eta"], batch=8)
+        assert pred.samples_per_s / pred.bound == pytest.approx(row["value"], abs=0.11), c
+        seen += 1
+    assert seen == 8
