@@ -144,8 +144,9 @@ def cost_inputs(rows: dict[str, CostRow], shape: cm.Shape) -> tuple[list[Input],
         inputs.append(Input(name=f"{stage}_s", value=r.seconds, unit="s/sample", low=r.low, high=r.high,
                             status="measured" if r.measured else "not measured", source=f"{r.source} [{where}]"))
         if abs(f - 1.0) > 1e-9:
-            extra.append(f"{stage}: x{f:.3g} from the row's {where} to the recipe (tokens x steps x CFG "
-                         "passes; an extrapolation, attention is not linear in tokens)")
+            how = "pixels x frames" if stage == "decode" else \
+                "tokens x steps x CFG passes; attention is not linear in tokens"
+            extra.append(f"{stage}: x{f:.3g} from the row's {where} to the recipe ({how}): an extrapolation")
     if "sync_rollout" not in rows:
         r = rows["rollout"]
         inputs.append(Input(name="sync_rollout_s", value=r.seconds, unit="s/sample", low=r.low, high=r.high,
