@@ -92,9 +92,8 @@ def as_text(p: Plan) -> str:
              f"per-sample GPU seconds at that shape: rollout {c.rollout:.4g}, decode {c.decode:.4g}, "
              f"reward {c.reward:.4g}, replay {c.replay:.4g}", ""]
     lines += _layout_lines("chosen split", p.chosen, p)
-    b = p.baseline.split
-    lines += [""] + _layout_lines(f"today's split ({b.rollout}/{b.reward}/{b.trainer}: one trainer, one reward "
-                                  "GPU, the rest producers)", p.baseline, p)
+    lines += [""] + _layout_lines("today's split (one trainer, one reward GPU, the rest producers)",
+                                  p.baseline, p)
     lines += [f"  chosen / today: {r['chosen_over_one_trainer']:.2f}x"]
     if p.recipe_layout.split != p.chosen.split:
         lines += [""] + _layout_lines("the recipe as written", p.recipe_layout, p)
