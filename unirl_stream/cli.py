@@ -232,6 +232,11 @@ def plan(
     model: Annotated[
         str | None, typer.Option("--model", help="Model family of the cost rows (default: from model.path).")
     ] = None,
+    dp_efficiency: Annotated[
+        float | None,
+        typer.Option("--dp-efficiency", help="Data-parallel efficiency of a trainer group (default: assumed 0.9, "
+                     "range 0.8-0.97)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Split N GPUs into rollout / reward / trainer workers from per-sample stage costs, and
@@ -240,7 +245,7 @@ def plan(
     from unirl_stream.planning.report import as_json as plan_json
     from unirl_stream.planning.report import as_text
 
-    made = make_plan(recipe, gpus, costs, gpu_memory_gb, model)
+    made = make_plan(recipe, gpus, costs, gpu_memory_gb, model, dp_efficiency)
     sys.stdout.write(plan_json(made) if as_json else as_text(made))
     sys.stdout.flush()
 

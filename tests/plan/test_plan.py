@@ -85,6 +85,19 @@ def test_known_optimum_bottleneck_and_sync_by_hand(recipe: Path, tmp_path: Path)
     assert got["ratios"]["chosen_over_sync"] == pytest.approx(28.8 / 140 / (8 / 34.2222222), rel=1e-6)
 
 
+def test_a_measured_dp_efficiency_replaces_the_assumed_range(recipe: Path, tmp_path: Path) -> None:
+    got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", hand_rows()), "--dp-efficiency", "0.5")
+    # r=2,t=6: min(2 / 11, 32 * 0.5 / (6 * 20) = 0.1333); r=3,t=5: 16 / 140 = 0.114.
+    assert got["chosen"]["split"] == {"rollout": 2, "reward": 1, "trainer": 6, "reward_shared": True}
+    assert got["chosen"]["prediction"]["samples_per_s"] == pytest.approx(16 / 120)
+    dp = next(i for i in got["inputs"] if i["name"] == "dp_efficiency")
+    assert (dp["value"], dp["status"], dp["low"]) == (0.5, "option", None)
+    assert got["fast"]["chosen"] == got["slow"]["chosen"] == pytest.approx(16 / 120)
+    code, _, err = cli("plan", str(recipe), "--gpus", "8", "--costs", str(tmp_path / "c.jsonl"),
+                       "--dp-efficiency", "1.5")
+    assert code == 2 and "--dp-efficiency: 1.5: expected a fraction in (0, 1]" in err
+
+
 def test_sync_rollout_row_prices_the_trainers_sampler(recipe: Path, tmp_path: Path) -> None:
     rows = [*hand_rows(), {**GEOMETRY, "stage": "sync_rollout", "seconds": 18.0, "steps": 20}]
     got = plan_json(recipe, write_jsonl(tmp_path / "c.jsonl", rows))

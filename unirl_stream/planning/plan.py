@@ -201,7 +201,7 @@ def end(rows: dict[str, CostRow], shape: cm.Shape, which: cm.End, dp: float, cho
 
 
 def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: float,
-              family: str | None = None) -> Plan:
+              family: str | None = None, dp_efficiency: float | None = None) -> Plan:
     """Everything ``plan`` prints, computed; bad input raises UserInputError."""
     from unirl_stream.recipe import load
 
@@ -219,7 +219,9 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
     shape = recipe_shape(recipe)
     mem, mem_inputs = memory(rows, family)
     c = cm.costs(rows, shape)
-    dp, dp_low, dp_high = DP_EFFICIENCY
+    dp, dp_low, dp_high = DP_EFFICIENCY if dp_efficiency is None else (dp_efficiency,) * 3
+    if not 0 < dp <= 1:
+        raise UserInputError(f"--dp-efficiency: {dp}: expected a fraction in (0, 1], e.g. 0.9")
     chosen = cm.best(gpus, c, mem, gpu_gb, dp, shape.eta, shape.batch)
     if chosen is None:
         raise UserInputError(f"--gpus {gpus} --gpu-memory-gb {gpu_gb:g}: no split fits: a producer needs "
@@ -228,8 +230,10 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
     base = cm.Split(rollout=gpus - 2, reward=1, trainer=1, reward_shared=False) if gpus > 2 else \
         cm.Split(rollout=1, reward=1, trainer=1, reward_shared=True)
     inputs, extra = cost_inputs(rows, shape)
-    inputs += [Input(name="dp_efficiency", value=dp, low=dp_low, high=dp_high, unit="", status="assumed",
-                     source=DP_SOURCE), *mem_inputs, *recipe_inputs(recipe_path, shape, gpu_gb)]
+    dp_input = Input(name="dp_efficiency", value=dp, low=dp_low, high=dp_high, unit="", status="assumed",
+                     source=DP_SOURCE) if dp_efficiency is None else \
+        Input(name="dp_efficiency", value=dp, unit="", status="option", source="--dp-efficiency")
+    inputs += [dp_input, *mem_inputs, *recipe_inputs(recipe_path, shape, gpu_gb)]
     sync_gib = cm.trainer_rank_gib(mem, gpus, "fsdp") + mem.reward
     return Plan(
         recipe=str(recipe_path), model=family, gpus=gpus, gpu_memory_gb=gpu_gb,
