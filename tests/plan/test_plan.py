@@ -233,6 +233,7 @@ def test_shipped_recipe_on_8_gpus_with_committed_costs() -> None:
     assert got["baseline"]["split"] == {"rollout": 6, "reward": 1, "trainer": 1, "reward_shared": False}
     assert got["ratios"]["chosen_over_one_trainer"] >= 4.0
     assert got["ratios"]["slow_chosen_over_one_trainer"] >= 4.0  # and at the slow end of every range
+    assert got["fast"]["chosen_fits"] and got["slow"]["chosen_fits"]  # memory at both ends too
     assert "chosen / today:" in out and "chosen / sync:" in out and "synchronous loop on the same 8 GPUs" in out
     names = {i["name"] for i in got["inputs"]}
     assert names >= {"rollout_s", "decode_s", "reward_s", "replay_s", "replay_proximal_s", "dp_efficiency",

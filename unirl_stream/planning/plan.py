@@ -61,14 +61,18 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True):
     trainer_mode: str | None
 
 
-class End(msgspec.Struct, frozen=True, kw_only=True):
-    """Predictions with every unmeasured input at one end of its range."""
+class RangeEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """Predictions with every unmeasured input at one end of its range (the fast end: costs
+    and memory low, efficiency high; the slow end: the reverse)."""
 
     costs: cm.Costs
     dp_efficiency: float
+    memory: cm.Memory
     chosen: float
     baseline: float
     sync: float
+    chosen_fits: bool
+    baseline_fits: bool
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,8 +91,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     sync_samples_per_s: float
     sync_gib_per_gpu: float
     sync_reward_resident: bool
-    fast: End
-    slow: End
+    fast: RangeEnd
+    slow: RangeEnd
     extrapolations: list[str]
 
 
@@ -192,12 +196,23 @@ def layout(name: str, split: cm.Split, c: cm.Costs, mem: cm.Memory, gpu_gb: floa
                   fits=cm.fits(split, mem, gpu_gb), trainer_mode=cm.trainer_mode(mem, split.trainer, gpu_gb))
 
 
-def end(rows: dict[str, CostRow], shape: cm.Shape, which: cm.End, dp: float, chosen: cm.Split,
-        baseline: cm.Split, gpus: int) -> End:
-    c = cm.costs(rows, shape, which)
-    b = shape.batch
-    return End(costs=c, dp_efficiency=dp, chosen=cm.predict(chosen, c, dp, shape.eta, b).samples_per_s,
-               baseline=cm.predict(baseline, c, dp, shape.eta, b).samples_per_s, sync=cm.sync_rate(c, gpus, dp, b))
+def memory_at(inputs: list[Input], which: cm.End) -> cm.Memory:
+    def gib(i: Input) -> float:
+        bound = {"low": i.low, "high": i.high, "value": None}[which]
+        return i.value if bound is None else bound
+
+    return cm.Memory(**{i.name.removeprefix("memory."): gib(i) for i in inputs if i.name.startswith("memory.")})
+
+
+def end(rows: dict[str, CostRow], shape: cm.Shape, which: cm.End, dp: float, mem_inputs: list[Input],
+        gpu_gb: float, splits: tuple[cm.Split, cm.Split], gpus: int) -> RangeEnd:
+    c, mem, b = cm.costs(rows, shape, which), memory_at(mem_inputs, which), shape.batch
+    chosen, baseline = splits
+    return RangeEnd(costs=c, dp_efficiency=dp, memory=mem,
+                    chosen=cm.predict(chosen, c, dp, shape.eta, b).samples_per_s,
+                    baseline=cm.predict(baseline, c, dp, shape.eta, b).samples_per_s,
+                    sync=cm.sync_rate(c, gpus, dp, b), chosen_fits=cm.fits(chosen, mem, gpu_gb),
+                    baseline_fits=cm.fits(baseline, mem, gpu_gb))
 
 
 def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: float,
@@ -244,5 +259,5 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
         recipe_layout=layout("recipe as written", recipe_split(recipe), c, mem, gpu_gb, dp, shape.eta, shape.batch),
         sync_samples_per_s=cm.sync_rate(c, gpus, dp, shape.batch), sync_gib_per_gpu=sync_gib,
         sync_reward_resident=sync_gib <= gpu_gb,
-        fast=end(rows, shape, "low", dp_high, chosen, base, gpus),
-        slow=end(rows, shape, "high", dp_low, chosen, base, gpus), extrapolations=extra)
+        fast=end(rows, shape, "low", dp_high, mem_inputs, gpu_gb, (chosen, base), gpus),
+        slow=end(rows, shape, "high", dp_low, mem_inputs, gpu_gb, (chosen, base), gpus), extrapolations=extra)

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from unirl_stream.planning import model as cm
-from unirl_stream.planning.plan import End, Input, Layout, Plan
+from unirl_stream.planning.plan import Input, Layout, Plan, RangeEnd
 
 
 def ratios(p: Plan) -> dict[str, float]:
@@ -70,11 +70,15 @@ def _layout_lines(title: str, lay: Layout, p: Plan) -> list[str]:
     return lines
 
 
-def _end_line(name: str, e: End) -> str:
-    return (f"  {name}: costs rollout {e.costs.rollout:.3g} + decode {e.costs.decode:.3g} s, reward "
+def _end_lines(name: str, e: RangeEnd) -> list[str]:
+    m = e.memory
+    fit = {True: "fits", False: "DOES NOT FIT"}
+    return [f"  {name}: costs rollout {e.costs.rollout:.3g} + decode {e.costs.decode:.3g} s, reward "
             f"{e.costs.reward:.3g} s, replay {e.costs.replay:.4g} s, dp efficiency {e.dp_efficiency:g} -> chosen "
             f"{e.chosen:.4g}, one trainer {e.baseline:.4g} ({e.chosen / e.baseline:.2f}x), sync {e.sync:.4g} "
-            f"(chosen/sync {e.chosen / e.sync:.2f}x) samples/s")
+            f"(chosen/sync {e.chosen / e.sync:.2f}x) samples/s",
+            f"    memory producer {m.rollout:g}, reward {m.reward:g}, trainer {m.trainer:g} GiB: chosen split "
+            f"{fit[e.chosen_fits]}, today's {fit[e.baseline_fits]}"]
 
 
 def _input_line(i: Input) -> str:
@@ -106,7 +110,7 @@ def as_text(p: Plan) -> str:
               f" {p.sync_gib_per_gpu:.1f} of {p.gpu_memory_gb:g} GiB per GPU",
               f"  chosen / sync: {r['chosen_over_sync']:.2f}x", "",
               "at the ends of the unmeasured inputs' ranges (split kept):",
-              _end_line("fast end", p.fast), _end_line("slow end", p.slow), "", "inputs:"]
+              *_end_lines("fast end", p.fast), *_end_lines("slow end", p.slow), "", "inputs:"]
     lines += [_input_line(i) for i in p.inputs]
     lines += ["extrapolations: " + ("none (every row is at the recipe's shape)" if not p.extrapolations else "")]
     lines += [f"  {x}" for x in p.extrapolations]
