@@ -80,6 +80,11 @@ def test_known_optimum_bottleneck_and_sync_by_hand(recipe: Path, tmp_path: Path)
     # Today 6/1/1: one trainer rank, efficiency 1: 1/20 = 0.05 samples/s.
     assert got["baseline"]["prediction"]["samples_per_s"] == pytest.approx(0.05)
     assert got["ratios"]["chosen_over_one_trainer"] == pytest.approx(28.8 / 140 / 0.05)
+    # Runners-up: own reward GPU 2/1/5 (bound 0.2, but eta 1 allows 2 / (5 + 1 + 4.861) =
+    # 0.184), then 2/1*/6 (producer-bound 2 / 11 = 0.1818).
+    ups = [(u["split"]["rollout"], u["split"]["trainer"], u["prediction"]["samples_per_s"])
+           for u in got["runners_up"][:2]]
+    assert ups == [(2, 5, pytest.approx(2 / (5 + 1 + 140 / 28.8))), (2, 6, pytest.approx(2 / 11))]
     # Sync: 32 / (4 per GPU x (9/0.9 + 1 + 1 + 20/0.9)) = 8 / 34.222.
     assert got["sync_samples_per_s"] == pytest.approx(8 / 34.2222222, rel=1e-6)
     assert got["ratios"]["chosen_over_sync"] == pytest.approx(28.8 / 140 / (8 / 34.2222222), rel=1e-6)

@@ -186,10 +186,10 @@ def candidates(gpus: int, mem: Memory, gpu_gib: float) -> list[Split]:
     return out
 
 
-def best(gpus: int, c: Costs, mem: Memory, gpu_gib: float, dp: float, eta: int, batch: int) -> Split | None:
-    """The fastest fitting split at the recipe's eta; ties go to fewer reward workers, then
-    more trainer ranks (headroom where the trainer's cost is the least certain)."""
-    splits = candidates(gpus, mem, gpu_gib)
-    if not splits:
-        return None
-    return max(splits, key=lambda s: (round(predict(s, c, dp, eta, batch).samples_per_s, 12), -s.reward, s.trainer))
+def ranked(gpus: int, c: Costs, mem: Memory, gpu_gib: float, dp: float, eta: int, batch: int) -> list[Split]:
+    """Fitting splits, fastest first at the recipe's eta; ties go to fewer reward workers,
+    then more trainer ranks (headroom where the trainer's cost is the least certain)."""
+    def key(s: Split) -> tuple[float, int, int]:
+        return round(predict(s, c, dp, eta, batch).samples_per_s, 12), -s.reward, s.trainer
+
+    return sorted(candidates(gpus, mem, gpu_gib), key=key, reverse=True)

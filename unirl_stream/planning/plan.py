@@ -86,6 +86,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     memory: cm.Memory
     inputs: list[Input]
     chosen: Layout
+    runners_up: list[Layout]
+    """The next fastest fitting splits."""
     baseline: Layout
     recipe_layout: Layout
     sync_samples_per_s: float
@@ -215,6 +217,17 @@ def end(rows: dict[str, CostRow], shape: cm.Shape, which: cm.End, dp: float, mem
                     baseline_fits=cm.fits(baseline, mem, gpu_gb))
 
 
+def runners_up(splits: list[cm.Split], n: int = 3) -> list[cm.Split]:
+    """The next ``n`` splits with another producer/trainer count than every one before
+    (more reward workers alone change little)."""
+    seen, out = {(splits[0].rollout, splits[0].trainer)}, []
+    for s in splits[1:]:
+        if (s.rollout, s.trainer) not in seen and len(out) < n:
+            seen.add((s.rollout, s.trainer))
+            out.append(s)
+    return out
+
+
 def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: float,
               family: str | None = None, dp_efficiency: float | None = None) -> Plan:
     """Everything ``plan`` prints, computed; bad input raises UserInputError."""
@@ -237,11 +250,12 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
     dp, dp_low, dp_high = DP_EFFICIENCY if dp_efficiency is None else (dp_efficiency,) * 3
     if not 0 < dp <= 1:
         raise UserInputError(f"--dp-efficiency: {dp}: expected a fraction in (0, 1], e.g. 0.9")
-    chosen = cm.best(gpus, c, mem, gpu_gb, dp, shape.eta, shape.batch)
-    if chosen is None:
+    splits = cm.ranked(gpus, c, mem, gpu_gb, dp, shape.eta, shape.batch)
+    if not splits:
         raise UserInputError(f"--gpus {gpus} --gpu-memory-gb {gpu_gb:g}: no split fits: a producer needs "
                              f"{mem.rollout:g} GiB, a trainer rank {cm.trainer_rank_gib(mem, gpus - 1, 'fsdp'):.1f}"
                              f" GiB even sharded over {gpus - 1}")
+    chosen = splits[0]
     base = cm.Split(rollout=gpus - 2, reward=1, trainer=1, reward_shared=False) if gpus > 2 else \
         cm.Split(rollout=1, reward=1, trainer=1, reward_shared=True)
     inputs, extra = cost_inputs(rows, shape)
@@ -256,6 +270,7 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
         shape=shape, costs=c, memory=mem, inputs=inputs,
         chosen=layout("chosen", chosen, c, mem, gpu_gb, dp, shape.eta, shape.batch),
         baseline=layout("one trainer", base, c, mem, gpu_gb, dp, shape.eta, shape.batch),
+        runners_up=[layout("runner-up", s, c, mem, gpu_gb, dp, shape.eta, shape.batch) for s in runners_up(splits)],
         recipe_layout=layout("recipe as written", recipe_split(recipe), c, mem, gpu_gb, dp, shape.eta, shape.batch),
         sync_samples_per_s=cm.sync_rate(c, gpus, dp, shape.batch), sync_gib_per_gpu=sync_gib,
         sync_reward_resident=sync_gib <= gpu_gb,

@@ -96,6 +96,11 @@ def as_text(p: Plan) -> str:
              f"per-sample GPU seconds at that shape: rollout {c.rollout:.4g}, decode {c.decode:.4g}, "
              f"reward {c.reward:.4g}, replay {c.replay:.4g}", ""]
     lines += _layout_lines("chosen split", p.chosen, p)
+    lines += [f"  runner-up: {lay.split.rollout}/{lay.split.reward}{'*' if lay.split.reward_shared else ''}/"
+              f"{lay.split.trainer} {lay.prediction.samples_per_s:.4g} samples/s ({lay.prediction.bottleneck}-bound)"
+              for lay in p.runners_up]
+    if p.runners_up:
+        lines.append("  (rollout/reward/trainer; * = reward beside a producer)")
     lines += [""] + _layout_lines("today's split (one trainer, one reward GPU, the rest producers)",
                                   p.baseline, p)
     lines += [f"  chosen / today: {r['chosen_over_one_trainer']:.2f}x"]
