@@ -15,7 +15,7 @@ import pytest
 
 from unirl_stream.cli import main
 from unirl_stream.planning import model as cm
-from unirl_stream.planning.costs import CostRow
+from unirl_stream.planning.costs import CostRow, load_costs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,3 +281,11 @@ def test_gate_model_against_the_measured_pipeline_overlap_runs() -> None:
         assert pred.samples_per_s / pred.bound == pytest.approx(row["value"], abs=0.11), c
         seen += 1
     assert seen == 8
+
+
+def test_the_cost_row_example_in_scaling_md_loads(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    example = text[text.index('`{"stage": "replay"'):].split("`")[1]
+    path = write_jsonl(tmp_path / "doc.jsonl", [json.loads(" ".join(example.split()))])
+    (row,) = load_costs(path)
+    assert (row.stage, row.seconds, row.proximal_s, row.memory_gib, row.measured) == ("replay", 62.6, 14.7, 78.0, True)
