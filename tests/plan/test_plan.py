@@ -252,6 +252,7 @@ def test_shipped_recipe_on_8_gpus_with_committed_costs() -> None:
 def test_the_recipe_ships_the_split_plan_chooses() -> None:
     got = json.loads(cli("plan", str(RECIPE), "--gpus", "8", "--json")[1])
     assert got["recipe_layout"]["split"] == got["chosen"]["split"]
+    assert "the recipe as written: the chosen split" in cli("plan", str(RECIPE), "--gpus", "8")[1]
 
 
 def test_plan_imports_no_torch(recipe: Path) -> None:

@@ -106,6 +106,8 @@ def as_text(p: Plan) -> str:
     lines += [f"  chosen / today: {r['chosen_over_one_trainer']:.2f}x"]
     if p.recipe_layout.split != p.chosen.split:
         lines += [""] + _layout_lines("the recipe as written", p.recipe_layout, p)
+    else:
+        lines += ["", "the recipe as written: the chosen split"]
     lines += ["", f"synchronous loop on the same {p.gpus} GPUs (every phase sharded over all {p.gpus}, one after "
                   f"another): {p.sync_samples_per_s:.4g} samples/s",
               f"  = {s.batch} / ({cm.shard(s.batch, p.gpus)} x (rollout {c.sync_rollout:.4g}/{dp:g} + decode "
