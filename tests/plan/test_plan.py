@@ -158,6 +158,11 @@ def test_geometry_scaling_is_an_extrapolation(recipe: Path, tmp_path: Path) -> N
 
 def test_memory_decides_sharing_and_sharding(recipe: Path, tmp_path: Path) -> None:
     costs = write_jsonl(tmp_path / "c.jsonl", hand_rows())
+    six = recipe.parent / "six.toml"  # six replicated ranks: 85 GiB each does not fit 80
+    six.write_text(recipe.read_text().replace("trainer_workers = 1", "trainer_workers = 6")
+                   .replace('sharding = "fsdp"', 'sharding = "replicate"'))
+    code, out, _ = cli("plan", str(six), "--gpus", "8", "--costs", str(costs))
+    assert code == 0 and "pipeline.trainer.sharding = 'replicate' needs 85 GiB a rank of 80: set 'fsdp'" in out
     big = plan_json(recipe, costs, "--gpu-memory-gb", "141")
     assert big["chosen"]["trainer_mode"] == "replicate"  # 85 GiB fits one 141 GiB GPU
     assert big["baseline"]["fits"] is True
@@ -252,7 +257,9 @@ def test_shipped_recipe_on_8_gpus_with_committed_costs() -> None:
 def test_the_recipe_ships_the_split_plan_chooses() -> None:
     got = json.loads(cli("plan", str(RECIPE), "--gpus", "8", "--json")[1])
     assert got["recipe_layout"]["split"] == got["chosen"]["split"]
-    assert "the recipe as written: the chosen split" in cli("plan", str(RECIPE), "--gpus", "8")[1]
+    out = cli("plan", str(RECIPE), "--gpus", "8")[1]
+    assert "the recipe as written: the chosen split\n  pipeline.trainer.sharding = 'fsdp': fits" in out
+    assert got["chosen"]["trainer_mode"] == "fsdp" and got["recipe_sharding"] == "fsdp"
 
 
 def test_plan_imports_no_torch(recipe: Path) -> None:

@@ -90,6 +90,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """The next fastest fitting splits."""
     baseline: Layout
     recipe_layout: Layout
+    recipe_sharding: str
+    """The recipe's pipeline.trainer.sharding."""
     sync_samples_per_s: float
     sync_gib_per_gpu: float
     sync_reward_resident: bool
@@ -272,6 +274,7 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
         baseline=layout("one trainer", base, c, mem, gpu_gb, dp, shape.eta, shape.batch),
         runners_up=[layout("runner-up", s, c, mem, gpu_gb, dp, shape.eta, shape.batch) for s in runners_up(splits)],
         recipe_layout=layout("recipe as written", recipe_split(recipe), c, mem, gpu_gb, dp, shape.eta, shape.batch),
+        recipe_sharding=recipe.pipeline.trainer.sharding,
         sync_samples_per_s=cm.sync_rate(c, gpus, dp, shape.batch), sync_gib_per_gpu=sync_gib,
         sync_reward_resident=sync_gib <= gpu_gb,
         fast=end(rows, shape, "low", dp_high, mem_inputs, gpu_gb, (chosen, base), gpus),

@@ -70,6 +70,17 @@ def _layout_lines(title: str, lay: Layout, p: Plan) -> list[str]:
     return lines
 
 
+def _sharding_lines(p: Plan) -> list[str]:
+    """The recipe's trainer memory mode against the one its split needs."""
+    ranks, need = p.recipe_layout.split.trainer, p.recipe_layout.trainer_mode
+    if need != "fsdp" or ranks == 1 or p.recipe_sharding == "fsdp":
+        return [f"  pipeline.trainer.sharding = {p.recipe_sharding!r}: "
+                + ("fits" if need is not None else "no mode fits")]
+    gib = cm.trainer_rank_gib(p.memory, ranks, "replicate")
+    return [f"  pipeline.trainer.sharding = 'replicate' needs {gib:g} GiB a rank of {p.gpu_memory_gb:g}: "
+            "set 'fsdp'"]
+
+
 def _end_lines(name: str, e: RangeEnd) -> list[str]:
     m = e.memory
     fit = {True: "fits", False: "DOES NOT FIT"}
@@ -108,6 +119,7 @@ def as_text(p: Plan) -> str:
         lines += [""] + _layout_lines("the recipe as written", p.recipe_layout, p)
     else:
         lines += ["", "the recipe as written: the chosen split"]
+    lines += _sharding_lines(p)
     lines += ["", f"synchronous loop on the same {p.gpus} GPUs (every phase sharded over all {p.gpus}, one after "
                   f"another): {p.sync_samples_per_s:.4g} samples/s",
               f"  = {s.batch} / ({cm.shard(s.batch, p.gpus)} x (rollout {c.sync_rollout:.4g}/{dp:g} + decode "
