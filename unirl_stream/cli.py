@@ -1,11 +1,11 @@
-"""The ``unirl-stream`` command: run, validate, plugins, monitor, reward-serve.
+"""The ``unirl-stream`` command: run, validate, plan, plugins, monitor, reward-serve.
 
 Exit codes: 0 ok; 2 bad input (recipe, arguments, missing weights: UserInputError and
 usage errors); 1 runtime failure. Errors print one ``error: ...`` line on stderr; Python
 tracebacks only with ``--debug`` (or ``UNIRL_STREAM_DEBUG=1``).
 
 Heavy components (the pipeline driver, the monitor, reward servers) are imported inside
-their commands, so ``validate`` and ``plugins`` start in well under a second.
+their commands, so ``validate``, ``plan`` and ``plugins`` start in well under a second.
 """
 
 from __future__ import annotations
@@ -218,6 +218,36 @@ def monitor(
         return
     code = mod.monitor_command(run_dir, once, as_json, plot, console)
     raise typer.Exit(int(code))
+
+
+@app.command()
+def plan(
+    recipe: RecipeArg,
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs to lay the stages out on.")],
+    costs: Annotated[
+        Path | None,
+        typer.Option("--costs", metavar="FILE", help="JSONL cost rows (default: benchmarks/results/costs_h200.jsonl)."),
+    ] = None,
+    gpu_memory_gb: Annotated[float, typer.Option("--gpu-memory-gb", help="Memory of one GPU, GiB.")] = 80.0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model family of the cost rows (default: from model.path).")
+    ] = None,
+    dp_efficiency: Annotated[
+        float | None,
+        typer.Option("--dp-efficiency", help="Data-parallel efficiency of a trainer group (default: assumed 0.9, "
+                     "range 0.8-0.97)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Split N GPUs into rollout / reward / trainer workers from per-sample stage costs, and
+    compare with one trainer and with a synchronous loop sharded over the same GPUs."""
+    from unirl_stream.planning.plan import make_plan
+    from unirl_stream.planning.report import as_json as plan_json
+    from unirl_stream.planning.report import as_text
+
+    made = make_plan(recipe, gpus, costs, gpu_memory_gb, model, dp_efficiency)
+    sys.stdout.write(plan_json(made) if as_json else as_text(made))
+    sys.stdout.flush()
 
 
 @app.command("reward-serve")
