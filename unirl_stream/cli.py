@@ -88,6 +88,7 @@ def _root(
 ) -> None:
     if debug:
         _state["debug"] = True
+        os.environ["UNIRL_STREAM_DEBUG"] = "1"  # Ray workers and the console filter read it
 
 
 def _load_checked(recipe: Path, overrides: list[str] | None, weights: bool) -> tuple[Any, list[str]]:
@@ -248,6 +249,23 @@ def plan(
     made = make_plan(recipe, gpus, costs, gpu_memory_gb, model, dp_efficiency)
     sys.stdout.write(plan_json(made) if as_json else as_text(made))
     sys.stdout.flush()
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (running, finished or crashed).")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: RUN_DIR/report.html).")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Print the file's path; open a browser if there is one.")] = False,
+) -> None:
+    """Write one self-contained HTML page about a run: curves, gallery, recipe."""
+    from unirl_stream.monitor.report import write_report
+
+    path = write_report(run_dir, out)
+    sys.stdout.write(f"{path.resolve()}\n" if open_ else f"report written: {path}\n")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())  # False without a browser: the path is printed
 
 
 @app.command("reward-serve")
