@@ -59,7 +59,7 @@ def _plots(rec: RunRecord) -> list[str]:
                              band=(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)])))
     terms: dict[str, dict[int, float]] = {}
     for snap in hist.snapshots:  # the reward workers' running means, last value per version
-        for term, v in snap.learning.reward_terms.items():
+        for term, v in snap.learning.reward_terms.items() if snap.staleness.policy_version >= 0 else ():
             terms.setdefault(term, {})[snap.staleness.policy_version] = v
     out.append(svgplot.lines("reward per term (reward workers)",
                              {t: ([float(k) for k in sorted(d)], [d[k] for k in sorted(d)])
