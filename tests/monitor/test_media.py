@@ -47,7 +47,7 @@ def test_files_and_index_round_trip(tmp_path) -> None:
         "version": 4, "rank": "best", "reward": 3.0, "terms": {"jpeg": 3.0}, "advantage": 1.0,
         "staleness": 1, "poster": "media/v000004/p_4_0_best.png",
         "anim": "media/v000004/p_4_0_best.webp", "frames": 5}
-    for row, item in zip(rows, items):
+    for row, item in zip(rows, items, strict=True):
         poster = np.asarray(Image.open(tmp_path / row["poster"]))
         assert np.array_equal(poster, item.frames[2])  # PNG is lossless: the middle frame exactly
         with Image.open(tmp_path / row["anim"]) as anim:
@@ -107,3 +107,14 @@ def test_slow_disk_drops_and_counts_without_blocking(tmp_path, monkeypatch) -> N
     assert w.written == 6
     rows = (tmp_path / "media" / INDEX_FILE).read_text().splitlines()
     assert {json.loads(r)["version"] for r in rows} == {0, 1}
+
+
+def test_counters_left_for_the_summary(tmp_path) -> None:
+    from unirl_stream.monitor.summary import media_dropped
+
+    w = MediaWriter(tmp_path, every=1, max_mb=1e-6, source="reward/0")  # nothing fits
+    w.offer(_items(0, np.random.default_rng(4)))
+    w.close()
+    assert json.loads((tmp_path / "logs" / "media-reward_0.json").read_text()) == {
+        "media/written": 0.0, "media/dropped": 3.0, "media/thinned": 0.0}
+    assert media_dropped(tmp_path) == 3

@@ -56,7 +56,7 @@ def _plots(rec: RunRecord) -> list[str]:
     mean, std = hist.series("reward_mean"), hist.series("reward_std")
     out.append(svgplot.lines("reward mean ± std (trained batches)", {"mean": (xs, mean)},
                              "policy version", "reward",
-                             band=(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)])))
+                             band=(xs, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)])))
     terms: dict[str, dict[int, float]] = {}
     for snap in hist.snapshots:  # the reward workers' running means, last value per version
         for term, v in snap.learning.reward_terms.items() if snap.staleness.policy_version >= 0 else ():

@@ -149,9 +149,22 @@ def facts(rec: RunRecord) -> dict[str, str]:
     ckpts = sorted((rec.run_dir / "checkpoints").glob("step_*/weights.safetensors"))
     out["LoRA weights"] = str(ckpts[-1]) if ckpts else "none written (no checkpoint yet)"
     versions = sorted({int(m.get("version", 0)) for m in rec.media})
-    out["media"] = (f"{rec.run_dir / 'media'} ({len(rec.media)} samples, {len(versions)} versions)"
+    lost = media_dropped(rec.run_dir)
+    out["media"] = (f"{rec.run_dir / 'media'} ({len(rec.media)} samples, {len(versions)} versions"
+                    + (f"; {lost} dropped: disk too slow or media_max_mb too small)" if lost else ")")
                     if rec.media else "none written (logging.media_every = 0, or no version yet)")
     return out
+
+
+def media_dropped(run_dir: Path) -> int:
+    """Samples the reward workers' media writers dropped (their ``logs/media-*.json``)."""
+    total = 0
+    for path in (run_dir / "logs").glob("media-*.json"):
+        try:
+            total += int(json.loads(path.read_text(encoding="utf-8")).get("media/dropped", 0))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return total
 
 
 def summary_block(run_dir: Path, report: Path | None, report_error: str = "") -> str:

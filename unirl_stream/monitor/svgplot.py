@@ -17,7 +17,7 @@ Series = tuple[list[float], list[float]]
 
 
 def _finite(xs: list[float], ys: list[float]) -> list[tuple[float, float]]:
-    return [(x, y) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    return [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
 
 
 def _span(values: list[float]) -> tuple[float, float]:
@@ -69,7 +69,7 @@ def lines(title: str, series: dict[str, Series], xlabel: str, ylabel: str,
 
     body = []
     if band is not None:
-        b = [(x, lo, hi) for x, lo, hi in zip(*band) if math.isfinite(lo + hi)]
+        b = [(x, lo, hi) for x, lo, hi in zip(*band, strict=True) if math.isfinite(lo + hi)]
         poly = [f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in b] + \
                [f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(b)]
         body.append(f'<polygon class="band" points="{" ".join(poly)}" fill="{COLORS[0]}" opacity="0.2"/>')
@@ -84,7 +84,7 @@ def bars(title: str, labels: list[str], counts: list[float], xlabel: str, ylabel
     yr = (0.0, max(counts, default=0.0) or 1.0)
     slot = (W - PAD_L - PAD_R) / n
     body = []
-    for i, (label, c) in enumerate(zip(labels, counts)):
+    for i, (label, c) in enumerate(zip(labels, counts, strict=True)):
         h = c / yr[1] * (H - PAD_T - PAD_B)
         x = PAD_L + i * slot + slot * 0.1
         body.append(f'<rect x="{x:.1f}" y="{H - PAD_B - h:.1f}" width="{slot * 0.8:.1f}" '

@@ -97,6 +97,7 @@ class MediaWriter:
     def __init__(self, run_dir: Path, every: int, max_mb: float, sink: MetricSink | None = None,
                  run_id: str = "", source: str = "", queue_size: int = 4) -> None:
         self.root = Path(run_dir) / MEDIA_DIR
+        self.log_dir = Path(run_dir) / "logs"  # counters live outside the bounded media/
         self.every, self.budget = every, int(max_mb * 1e6)
         self.sink: MetricSink = sink if sink is not None else NullSink()
         self.run_id, self.source = run_id, source
@@ -124,7 +125,8 @@ class MediaWriter:
                 "media/thinned": float(self.thinned)}
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (up to ``timeout``), then stop the thread."""
+        """Write what is queued (up to ``timeout``), stop the thread, and leave the counters
+        in ``logs/media-<source>.json`` (the run's summary adds them up)."""
         if self._thread is None:
             return
         try:
@@ -133,6 +135,9 @@ class MediaWriter:
             pass
         self._thread.join(timeout)
         self._thread = None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / f"media-{_safe(self.source) or 'writer'}.json").write_text(
+            json.dumps(self.counters()), encoding="utf-8")
 
     # ------------------------------------------------------------------ thread
     def _loop(self) -> None:

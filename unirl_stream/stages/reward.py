@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from unirl_stream.api import FieldSpec, RewardError, SampleOutcome, StepResult, prompt_of_group, split_sample_id
+from unirl_stream.api import (
+    FieldSpec,
+    RewardError,
+    SampleOutcome,
+    StepResult,
+    prompt_of_group,
+    split_sample_id,
+)
 from unirl_stream.stages.base import StageBase, StageContext
 
 REWARD_TASK = "reward"  # requires: media
@@ -29,7 +36,6 @@ class RewardStage(StageBase):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         from unirl_stream.rewards.combine import RewardSet
-
         from unirl_stream.stages.media import MediaWriter
 
         self.rewards = RewardSet.from_specs(self.recipe.reward)
@@ -135,7 +141,7 @@ class RewardStage(StageBase):
             items = [MediaItem(
                 sample_id=ids[j], group=group, prompt=self.ctx.prompts_by_id[prompt_of_group(group)].text,
                 version=metas[j].behavior_version, rank=rank, reward=float(reward[j]),
-                terms=dict(zip(self.rewards.names, td["reward_terms"][k].tolist())),
+                terms=dict(zip(self.rewards.names, td["reward_terms"][k].tolist(), strict=True)),
                 advantage=float(adv[j]), staleness=now - metas[j].behavior_version,
                 frames=td["media"][k].numpy().copy()) for k, (j, rank) in enumerate(chosen)]
             self.media.offer(items)
