@@ -28,10 +28,12 @@ body{font-family:sans-serif;margin:24px;color:#222;max-width:1280px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc}
 table.facts td{padding:2px 12px 2px 0;vertical-align:top}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
-.version{margin:10px 0 18px}.row{display:flex;gap:14px;flex-wrap:wrap;margin:6px 0}
-figure.sample{margin:0;width:200px;font-size:11px}
-figure.sample img{width:192px;height:auto;image-rendering:pixelated;border:1px solid #999}
-.prompt{font-style:italic;font-size:12px;margin:4px 0}
+.version{margin:8px 0 14px}.version h3{font-size:14px;margin:4px 0}
+.groups{display:flex;gap:28px;flex-wrap:wrap}.row{display:flex;gap:8px;margin:4px 0}
+figure.sample{margin:0;width:136px;font-size:10px}
+figure.sample code{word-break:break-all}
+figure.sample img{width:128px;height:auto;image-rendering:pixelated;border:1px solid #999}
+.prompt{font-style:italic;font-size:12px;margin:2px 0;max-width:420px}
 pre{background:#f6f6f6;padding:10px;font-size:11px;overflow-x:auto}
 .note{color:#a33}
 """
@@ -107,11 +109,11 @@ def _gallery(rec: RunRecord) -> str:
         rows = []
         for group, items in groups:
             items.sort(key=lambda m: _RANK_ORDER.get(str(m.get("rank")), 3))
-            rows.append(f'<div class="prompt">{escape(str(items[0].get("prompt", "")))} '
+            rows.append(f'<div class="group"><div class="prompt">{escape(str(items[0].get("prompt", "")))} '
                         f'<code>({escape(group)})</code></div><div class="row">'
-                        + "".join(_sample(rec.run_dir, m) for m in items) + "</div>")
+                        + "".join(_sample(rec.run_dir, m) for m in items) + "</div></div>")
         parts.append(f'<div class="version" data-version="{v}"><h3>policy version {v}</h3>'
-                     + "".join(rows) + "</div>")
+                     f'<div class="groups">{"".join(rows)}</div></div>')
     return "".join(parts)
 
 
