@@ -88,7 +88,6 @@ def _root(
 ) -> None:
     if debug:
         _state["debug"] = True
-        os.environ["UNIRL_STREAM_DEBUG"] = "1"  # Ray workers and the console filter read it
 
 
 def _load_checked(recipe: Path, overrides: list[str] | None, weights: bool) -> tuple[Any, list[str]]:
@@ -156,8 +155,11 @@ def run(
             "build (unirl_stream.pipeline.driver is missing); nothing was trained"
         ) from None
     live = not no_live and (loaded.logging.live if loaded is not None else True)
-    driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
-               overrides=set_ if resume is not None else None)
+    from unirl_stream.pipeline import quiet
+
+    with quiet.verbose(_state["debug"]):  # --debug: Ray's and the libraries' output stays visible
+        driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
+                   overrides=set_ if resume is not None else None)
 
 
 def _valid_address(address: str) -> bool:

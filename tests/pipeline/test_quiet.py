@@ -58,3 +58,10 @@ def test_worker_hook_sends_a_workers_output_to_the_run_dir(tmp_path, monkeypatch
     (log,) = (tmp_path / "logs").glob("worker-*.log")
     lines = log.read_text().splitlines()
     assert lines[:2] == ["Loading weights: 100%", "raw stderr"] and log.name == f"worker-{lines[2]}.log"
+
+
+def test_verbose_is_scoped(tmp_path, monkeypatch):
+    monkeypatch.delenv("UNIRL_STREAM_DEBUG", raising=False)
+    with quiet.verbose(True):
+        assert quiet.debug() and quiet.ray_options(tmp_path) == {"log_to_driver": True}
+    assert not quiet.debug() and quiet.ray_options(tmp_path)["log_to_driver"] is False

@@ -18,15 +18,28 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 LOG_DIR = "logs"
 _ENV_LOG_DIR = "UNIRL_STREAM_LOG_DIR"
+_verbose = [False]  # set by ``verbose`` for the CLI's --debug; restored afterwards
 
 
 def debug() -> bool:
-    return os.environ.get("UNIRL_STREAM_DEBUG", "") not in ("", "0")
+    return _verbose[0] or os.environ.get("UNIRL_STREAM_DEBUG", "") not in ("", "0")
+
+
+@contextmanager
+def verbose(on: bool) -> Iterator[None]:
+    """``with verbose(True):`` nothing is filtered (the CLI's --debug), then as before."""
+    saved, _verbose[0] = _verbose[0], on or _verbose[0]
+    try:
+        yield
+    finally:
+        _verbose[0] = saved
 
 
 def ray_options(run_dir: Path) -> dict[str, Any]:
