@@ -84,3 +84,21 @@ def test_not_a_run_directory(tmp_path):
         assert out.stderr.startswith(f"error: {target}: ") and "run directory" in out.stderr
     with pytest.raises(UserInputError, match="not a run directory"):
         load_run(tmp_path / "empty")
+
+
+def test_running_run_gets_a_snapshot_report(recipe_factory, tmp_path):
+    import os
+
+    recipe = recipe_factory(run={"name": "live", "total_steps": 2})
+    run_dir = run(recipe, run_dir=tmp_path / "live", live=False)
+    # make it look like a run in progress: no final snapshot yet, its driver (us) alive
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    kept = [x for x in lines if '"finished":true' not in x]
+    assert len(kept) == len(lines) - 1
+    (run_dir / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    info = json.loads((run_dir / "monitor.json").read_text())
+    (run_dir / "monitor.json").write_text(json.dumps(info | {"state": "running", "pid": os.getpid()}))
+    assert load_run(run_dir).state == "running"
+    assert "<p>running; report written" in write_report(run_dir).read_text()
+    (run_dir / "monitor.json").write_text(json.dumps(info | {"state": "running", "pid": 2**22 + 7}))
+    assert load_run(run_dir).state == "stopped"  # its driver is gone: crashed, not running
