@@ -8,6 +8,7 @@ unreadable lines are skipped and counted (``RunRecord.skipped``), never raised.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,6 @@ def _state(run_dir: Path, history: History) -> str:
 
 
 def _alive(pid: Any) -> bool:
-    import os
-
     try:
         os.kill(int(pid), 0)
     except (OSError, TypeError, ValueError):
