@@ -117,6 +117,7 @@ class RewardStage(StageBase):
             self.running.update(td["reward"][ok].tolist())
             adv[ok] = group_advantages(td["reward"][ok], groups, a.adv_std, a.adv_clip,
                                        global_std=self.running.std if a.adv_std == "global" else None)
+        # before ``advantage`` is written: from then on the trainer may train and delete them
         self._offer_media(ids, td["reward"], ok, adv)
         self.store.put(ids, {"advantage": adv})
         self.store.ack(claim)
