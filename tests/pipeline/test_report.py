@@ -32,7 +32,14 @@ def test_finished_run_report_and_media(recipe_factory, tmp_path, capfd):
     assert f"== run finished: {run_dir} " in out and f"unirl-stream report {run_dir} --open" in out
     rows = [json.loads(x) for x in (run_dir / "media" / "index.jsonl").read_text().splitlines()]
     # versions 0..5 train; version 6 (after the last step) may still be scored and shown
-    assert {0, 2, 4} <= {r["version"] for r in rows} <= {0, 2, 4, 6}
+    assert 0 in {r["version"] for r in rows} and {r["version"] for r in rows} <= {0, 2, 4, 6}
+    # every group of a due version was written or dropped (a loaded machine drops, counted)
+    counts = json.loads((run_dir / "logs" / "media-reward_0.json").read_text())
+    assert counts["media/written"] == len(rows)
+    journal = [json.loads(x) for x in (run_dir / "groups.jsonl").read_text().splitlines()]
+    due = [g for g in journal if g["version"] in (0, 2, 4)]
+    offered = counts["media/written"] + counts["media/dropped"]
+    assert 3 * len(due) <= offered <= 3 * (len(due) + sum(g["version"] == 6 for g in journal))
     by_id = {r["sample_id"]: r for r in ledger(run_dir)}
     for r in rows:  # same sample, same reward as the trainer saw; single images: no WebP
         assert r["anim"] is None and by_id[r["sample_id"]]["behavior_version"] == r["version"]
