@@ -3,7 +3,8 @@
 #
 # Installs the Debian packages some tests need when they are missing (libibverbs1 for
 # Mooncake's transfer engine, tesseract-ocr + English data for the OCR reward, tmux for the
-# live-monitor test): directly as root, through sudo otherwise. UNIRL_SKIP_APT=1 skips that.
+# live-monitor test, chromium + a font for the report's headless-browser test): directly as
+# root, through sudo otherwise. UNIRL_SKIP_APT=1 skips that.
 # Extra arguments go to pytest. pytest's "no tests collected" (exit 5) counts as a failure.
 set -euo pipefail
 # Paths given relative to the caller's folder keep working after the cd to the repo root.
@@ -13,7 +14,7 @@ for a in "$@"; do
 done
 cd "$(dirname "$0")/.."
 
-packages=(libibverbs1 tesseract-ocr tesseract-ocr-eng tmux)
+packages=(libibverbs1 tesseract-ocr tesseract-ocr-eng tmux chromium fonts-dejavu-core)
 missing=()
 if [[ "${UNIRL_SKIP_APT:-0}" != "1" ]] && command -v dpkg-query >/dev/null; then
   for p in "${packages[@]}"; do

@@ -371,6 +371,7 @@ class TrainStep(MetricEvent, tag="train"):
     reward_std: float = 0.0
     reward_terms: dict[str, float] = {}
     staleness: list[int] = []  # staleness of each consumed sample
+    rewards: list[float] = []  # reward of each trained sample (histograms)
     publish_latency_s: float = 0.0
 
 
@@ -392,7 +393,24 @@ class StoreTick(MetricEvent, tag="store"):
     stats: StoreStats = msgspec.field(default_factory=StoreStats)
 
 
-METRIC_EVENT = StageTick | TrainStep | SampleOutcome | StoreTick
+class MediaSample(MetricEvent, tag="media"):
+    """A sample's media written under the run directory (paths relative to it)."""
+
+    sample_id: str = ""
+    group: str = ""
+    prompt: str = ""
+    version: int = 0  # the policy version that sampled it
+    rank: str = ""  # "best", "median" or "worst" of its group, by reward
+    reward: float = 0.0
+    terms: dict[str, float] = {}  # unweighted value of each reward term
+    advantage: float = 0.0
+    staleness: int = 0  # trainer's version minus ``version`` when it was scored
+    poster: str = ""  # PNG
+    anim: str | None = None  # animated WebP of a video; None for an image
+    frames: int = 1
+
+
+METRIC_EVENT = StageTick | TrainStep | SampleOutcome | StoreTick | MediaSample
 
 
 class MetricSink(Protocol):

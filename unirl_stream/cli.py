@@ -155,8 +155,11 @@ def run(
             "build (unirl_stream.pipeline.driver is missing); nothing was trained"
         ) from None
     live = not no_live and (loaded.logging.live if loaded is not None else True)
-    driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
-               overrides=set_ if resume is not None else None)
+    from unirl_stream.pipeline import quiet
+
+    with quiet.verbose(_state["debug"]):  # --debug: Ray's and the libraries' output stays visible
+        driver.run(recipe=loaded, run_dir=run_dir, resume=resume, address=address, live=live,
+                   overrides=set_ if resume is not None else None)
 
 
 def _valid_address(address: str) -> bool:
@@ -248,6 +251,23 @@ def plan(
     made = make_plan(recipe, gpus, costs, gpu_memory_gb, model, dp_efficiency)
     sys.stdout.write(plan_json(made) if as_json else as_text(made))
     sys.stdout.flush()
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (running, finished or crashed).")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default: RUN_DIR/report.html).")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Print the file's path; open a browser if there is one.")] = False,
+) -> None:
+    """Write one self-contained HTML page about a run: curves, gallery, recipe."""
+    from unirl_stream.monitor.report import write_report
+
+    path = write_report(run_dir, out)
+    sys.stdout.write(f"{path.resolve()}\n" if open_ else f"report written: {path}\n")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())  # False without a browser: the path is printed
 
 
 @app.command("reward-serve")

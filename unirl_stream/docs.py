@@ -77,7 +77,7 @@ _SECTIONS: dict[str, str] = {
     "reward": "One table per reward; several rewards are summed with their weights.",
     "store": "The sample store that every stage reads and writes.",
     "pipeline": "Workers, staleness, batching and placement.",
-    "logging": "Terminal, Weights & Biases and Prometheus output.",
+    "logging": "Terminal, sample media, TensorBoard, Weights & Biases and Prometheus output.",
 }
 
 

@@ -51,8 +51,15 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Plain log line period when the panel is off."""
     wandb: bool = False
     wandb_project: str = "unirl-stream"
-    media_every: Annotated[int, Meta(ge=0)] = 0
-    """Log sample thumbnails to wandb every N trainer steps (0: never)."""
+    media_every: Annotated[int, Meta(ge=0)] = 10
+    """Every N policy versions (0: never), write the best, median and worst sample of each
+    scored group under ``RUN_DIR/media/v{version}/`` (PNG; videos also as animated WebP),
+    indexed in ``media/index.jsonl``; the tracking sinks log them too."""
+    media_max_mb: Annotated[float, Meta(gt=0)] = 500.0
+    """Disk bound of ``RUN_DIR/media``: older versions are thinned to stay under it."""
+    tensorboard: bool = False
+    """Write TensorBoard event files under ``RUN_DIR/tensorboard`` (scalars, histograms
+    of staleness and rewards, the media)."""
     prometheus_port: Annotated[int, Meta(ge=0, le=65535)] | None = None
     """Serve ``/metrics`` on this port (0: a free port); None: no endpoint."""
     bind_host: str = "127.0.0.1"

@@ -142,7 +142,7 @@ def test_debug_shows_traceback_for_bad_input_too(base_recipe: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [["bogus"], ["validate"], ["validate", "a.toml", "--nope"], ["run", "--run-dir"],
-     ["monitor", "/definitely/not/here"], ["reward-serve"], ["reward-serve", "--reward", "x", "--port", "-5"]],
+     ["monitor", "/definitely/not/here"], ["report"], ["reward-serve"], ["reward-serve", "--reward", "x", "--port", "-5"]],
 )
 def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     result = run_cli(*args)
@@ -153,7 +153,7 @@ def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
 def test_help_and_version() -> None:
     result = run_cli("--help")
     assert result.code == 0
-    for command in ("run", "validate", "plugins", "monitor", "reward-serve"):
+    for command in ("run", "validate", "plugins", "monitor", "report", "reward-serve"):
         assert command in result.out
     from importlib.metadata import version
 

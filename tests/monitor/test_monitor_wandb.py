@@ -1,5 +1,5 @@
 """wandb = true with WANDB_MODE=offline: an offline run under RUN_DIR/wandb holding the
-logged keys (read back from the .wandb record file), thumbnails, no API key stored."""
+logged keys (read back from the .wandb record file), the media, no API key stored."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from monitor_synth import ETA, RUN_ID, WORKERS, emit_round
 
+from unirl_stream.api import MediaSample
 from unirl_stream.monitor.aggregator import Aggregator
-from unirl_stream.monitor.wandb_sink import resolve_mode, thumbnail
+from unirl_stream.monitor.wandb_sink import resolve_mode
 
 FAKE_KEY = "f" * 32 + "0123456789abcdef"  # looks like a key; must never reach a file
 
@@ -75,18 +76,24 @@ def test_offline_run_has_logged_keys(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
     sink = WandbSink(run_dir, RUN_ID, project="unirl-test",
-                     config={"pipeline": {"max_staleness": ETA}}, media_every=2,
-                     snapshot_every_s=0.0)
+                     config={"pipeline": {"max_staleness": ETA}}, snapshot_every_s=0.0)
     assert sink.mode is None  # the user's WANDB_MODE decides
     agg = Aggregator(run_dir, RUN_ID, eta=ETA, expected_workers=WORKERS, sinks=[sink])
-    frames = np.random.default_rng(0).integers(0, 255, (2, 5, 40, 64, 3), dtype=np.uint8)
-    logged = []
+    from PIL import Image
+
+    frames = np.random.default_rng(0).integers(0, 255, (40, 64, 3), dtype=np.uint8)
+    (run_dir / "media" / "v000000").mkdir(parents=True)
+    Image.fromarray(frames).save(run_dir / "media" / "v000000" / "g_best.png")
     for i in range(4):
         emit_round(agg, i)
         agg.refresh()
-        logged.append(sink.log_media(i, frames))
+        if i % 2 == 0:  # what the reward stage announces after writing a sample's files
+            agg.emit(MediaSample(run_id=RUN_ID, source="reward/0", t=time.time(), version=i,
+                                 rank="best", reward=0.5, poster="media/v000000/g_best.png"))
+    agg.emit(MediaSample(run_id=RUN_ID, source="reward/0", t=time.time(), version=9,
+                         rank="worst", poster="media/v000009/gone.png"))  # thinned: skipped
     agg.close()  # finishes the wandb run
-    assert logged == [True, False, True, False] and agg.bus.sink_errors == 0
+    assert agg.bus.sink_errors == 0
 
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
@@ -101,10 +108,10 @@ def test_offline_run_has_logged_keys(tmp_path, monkeypatch) -> None:
     assert pipe and pipe[-1]["pipeline/rollout/samples_per_s"] == pytest.approx(9.0)
     assert pipe[-1]["pipeline/policy_version"] == 1 and pipe[-1]["pipeline/drops/stale"] == 2
     assert pipe[-1]["pipeline/reward_terms/ocr"] == 0.5
-    media = [r for r in rows if r.get("media/sample/_type") == "image-file"]
-    assert [r["train/step"] for r in media] == [0, 2]
-    # first sample's 5 frames -> 4 evenly spaced 40x64 frames side by side
-    assert (media[0]["media/sample/height"], media[0]["media/sample/width"]) == (40, 256)
+    media = [r for r in rows if r.get("media/best/_type") == "image-file"]
+    assert [r["train/step"] for r in media] == [0, 2]  # the train step reached when written
+    assert (media[0]["media/best/height"], media[0]["media/best/width"]) == (40, 64)
+    assert not any("media/worst/_type" in r for r in rows)
     pngs = list((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert len(pngs) == 2
     for f in run_dir.rglob("*"):
@@ -125,14 +132,3 @@ def test_mode_resolution(tmp_path, monkeypatch) -> None:
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
     (tmp_path / ".netrc").chmod(0o600)
     assert resolve_mode() is None
-
-
-def test_thumbnail_shapes() -> None:
-    video = np.arange(9 * 300 * 200 * 3, dtype=np.uint32).astype(np.uint8).reshape(9, 300, 200, 3)
-    t = thumbnail(video)
-    assert t.dtype == np.uint8 and t.shape == (100, 4 * 67, 3)  # stride 3, 4 frames side by side
-    assert np.array_equal(t[:, :67], video[0, ::3, ::3])
-    assert np.array_equal(t[:, 3 * 67 :], video[8, ::3, ::3])
-    assert thumbnail(video[0]).shape == (100, 67, 3)
-    with pytest.raises(ValueError, match="uint8"):
-        thumbnail(video.astype(np.float32))

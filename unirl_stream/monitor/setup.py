@@ -1,7 +1,8 @@
 """What the driver calls: ``Monitoring.start(run_dir, recipe, run_id, live)`` builds the
-aggregator with the sinks the recipe's ``[logging]`` asks for (wandb, Prometheus), and
-hands out worker sinks, the live view and the media logger. Absent features are null
-objects, so the driver's loop has no ``if wandb:``."""
+aggregator with the sinks the recipe's ``[logging]`` asks for (wandb, TensorBoard,
+Prometheus; ``metrics.jsonl`` always), and hands out worker sinks and the live view.
+Every sink sees every event (media included: ``api.MediaSample``) and snapshot; a sink
+that is not asked for is simply not in the list, so no loop has an ``if wandb:``."""
 
 from __future__ import annotations
 
@@ -25,16 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 _SECRET_WORDS = ("key", "token", "secret", "password", "auth")
 
 
-class NullMedia:
-    """Media logger when wandb is off."""
-
-    def media_due(self, step: int) -> bool:
-        return False
-
-    def log_media(self, step: int, frames: Any, caption: str = "", force: bool = False) -> bool:
-        return False
-
-
 def scrub(config: Any) -> Any:
     """Recipe builtins without values whose key looks like a credential (a remote
     reward's token must not end up in wandb's config)."""
@@ -50,25 +41,28 @@ def scrub(config: Any) -> Any:
 
 def build_sinks(
     logging: LoggingConfig, run_dir: Path, run_id: str, config: Mapping[str, Any] | None = None
-) -> tuple[list[MonitorSink], Any, Any]:
-    """(sinks, media logger, Prometheus exporter or None) for a ``[logging]`` section."""
+) -> tuple[list[MonitorSink], Any]:
+    """(sinks, Prometheus exporter or None) for a ``[logging]`` section."""
     sinks: list[MonitorSink] = []
-    media: Any = NullMedia()
     prom = None
+    if logging.tensorboard:
+        from unirl_stream.monitor.tensorboard_sink import TensorBoardSink
+
+        sinks.append(TensorBoardSink(run_dir))
     if logging.wandb:
         from unirl_stream.monitor.wandb_sink import WandbSink
 
         try:
-            media = WandbSink(
-                run_dir, run_id, project=logging.wandb_project, config=scrub(config or {}),
-                media_every=logging.media_every,
-            )
+            wandb_sink = WandbSink(run_dir, run_id, project=logging.wandb_project,
+                                   config=scrub(config or {}))
         except Exception as e:  # wandb's own message; it never contains the key
+            for sink in sinks:
+                sink.close()
             raise UnirlError(
                 f"[logging] wandb = true: could not start a wandb run ({type(e).__name__}: {e}); "
                 "log in (`wandb login`), set WANDB_MODE=offline, or set wandb = false"
             ) from e
-        sinks.append(media)
+        sinks.append(wandb_sink)
     if logging.prometheus_port is not None:
         from unirl_stream.monitor.prometheus import PrometheusExporter
 
@@ -83,7 +77,7 @@ def build_sinks(
                 "choose another port, or 0 for a free one"
             ) from None
         sinks.append(prom)
-    return sinks, media, prom
+    return sinks, prom
 
 
 class ZmqSinkFactory:
@@ -104,9 +98,8 @@ class Monitoring:
     also starts the ``run`` panel (or the plain log lines) and ``close`` stops it after
     the final snapshot."""
 
-    def __init__(self, aggregator: Aggregator, media: Any, prometheus: Any, view: LiveView) -> None:
+    def __init__(self, aggregator: Aggregator, prometheus: Any, view: LiveView) -> None:
         self.aggregator = aggregator
-        self.media = media  # .media_due(step) / .log_media(step, frames)
         self.prometheus = prometheus  # PrometheusExporter (.url) or None
         self.view = view
 
@@ -126,7 +119,7 @@ class Monitoring:
         run_dir = Path(run_dir)
         config = msgspec.to_builtins(recipe)
         config.pop("source", None)
-        sinks, media, prom = build_sinks(recipe.logging, run_dir, run_id, config)
+        sinks, prom = build_sinks(recipe.logging, run_dir, run_id, config)
         p = recipe.pipeline
         expected = {"rollout": p.rollout_workers, "reward": p.reward_workers,
                     "trainer": p.trainer_workers}
@@ -143,7 +136,7 @@ class Monitoring:
             raise
         view = LiveView(agg.snapshot, console=console, live=live,
                         log_every_s=recipe.logging.log_every_s)
-        return cls(agg, media, prom, view.start())
+        return cls(agg, prom, view.start())
 
     @property
     def address(self) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import MetricEvent, TrainStep
+from unirl_stream.api import MediaSample, MetricEvent, TrainStep
 from unirl_stream.monitor.aggregator import MonitorSink
 from unirl_stream.monitor.snapshot import Snapshot
 
@@ -47,28 +47,11 @@ def resolve_mode(mode: str | None = None) -> str | None:
     return "offline"
 
 
-def thumbnail(frames: Any, max_side: int = 128, max_frames: int = 4) -> Any:
-    """uint8 media ([H,W,3], [F,H,W,3] or [B,F,H,W,3]: first sample) -> one uint8
-    [h, w*k, 3] strip of up to ``max_frames`` evenly spaced frames, each at most
-    ``max_side`` pixels (nearest-neighbour stride: no resampling library needed)."""
-    import numpy as np
-
-    arr = np.asarray(frames)
-    if arr.ndim == 5:
-        arr = arr[0]
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"thumbnail: expected uint8 [F,H,W,3] frames, got {arr.dtype} {arr.shape}")
-    idx = np.linspace(0, arr.shape[0] - 1, min(max_frames, arr.shape[0])).round().astype(int)
-    step = max(1, -(-max(arr.shape[1], arr.shape[2]) // max_side))
-    picked = arr[idx][:, ::step, ::step]
-    return np.concatenate(list(picked), axis=1)
-
-
 class WandbSink(MonitorSink):
-    """Logs every TrainStep (keyed on ``train/step``) and a pipeline snapshot every
-    ``snapshot_every_s`` (keyed on ``pipeline/time_s``)."""
+    """Logs every TrainStep (keyed on ``train/step``), a pipeline snapshot every
+    ``snapshot_every_s`` (keyed on ``pipeline/time_s``) and every ``MediaSample`` the
+    reward stage wrote (its PNG poster as ``media/<rank>``, keyed on the train step
+    reached when it arrived)."""
 
     def __init__(
         self,
@@ -76,13 +59,12 @@ class WandbSink(MonitorSink):
         run_id: str,
         project: str = "unirl-stream",
         config: Mapping[str, Any] | None = None,
-        media_every: int = 0,
         mode: str | None = None,
         snapshot_every_s: float = 10.0,
     ) -> None:
         import wandb
 
-        self.media_every = media_every
+        self.run_dir = Path(run_dir)
         self.snapshot_every_s = snapshot_every_s
         self._last_snapshot_t = float("-inf")
         self._step = 0
@@ -97,6 +79,8 @@ class WandbSink(MonitorSink):
         self.run.define_metric("pipeline/*", step_metric="pipeline/time_s")
 
     def emit(self, event: MetricEvent) -> None:
+        if isinstance(event, MediaSample):
+            self._media(event)
         if not isinstance(event, TrainStep):
             return  # ticks, outcomes and store stats reach wandb through snapshots
         n = len(event.staleness)
@@ -136,19 +120,14 @@ class WandbSink(MonitorSink):
         row["pipeline/bus_pub_dropped"] = snap.bus.pub_dropped
         self.run.log(row)
 
-    def media_due(self, step: int) -> bool:
-        return self.media_every > 0 and step % self.media_every == 0
-
-    def log_media(self, step: int, frames: Any, caption: str = "", force: bool = False) -> bool:
-        """Log a thumbnail strip of ``frames`` (uint8, see ``thumbnail``) at ``step`` if
-        ``media_every`` says so (or ``force``). Returns whether it logged."""
-        if not (force or self.media_due(step)):
-            return False
+    def _media(self, ev: MediaSample) -> None:
         import wandb
 
-        img = wandb.Image(thumbnail(frames), caption=caption or f"step {step}")
-        self.run.log({"train/step": step, "media/sample": img})
-        return True
+        poster = self.run_dir / ev.poster
+        if not poster.is_file():  # thinned away already (a tiny media_max_mb)
+            return
+        caption = f"v{ev.version} {ev.rank} reward {ev.reward:.4g}: {ev.prompt}"
+        self.run.log({"train/step": self._step, f"media/{ev.rank}": wandb.Image(str(poster), caption=caption)})
 
     def close(self) -> None:
         self.run.finish()

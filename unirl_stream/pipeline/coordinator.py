@@ -167,6 +167,11 @@ class Coordinator:
                 raise ValueError(f"published version {version} < current {self.version}")
             self.version, self._weights, self._published_at = version, weights[0], time.time()
 
+    def current_version(self) -> int:
+        """The trainer's policy version now (the reward stage's staleness of a sample)."""
+        with self._lock:
+            return self.version
+
     def latest(self, held: int) -> tuple[int, list[Any], float] | None:
         """Newest weights if newer than ``held`` (or nothing was held: held < 0)."""
         with self._lock:

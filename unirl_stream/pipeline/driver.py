@@ -14,8 +14,10 @@ from typing import Any
 import msgspec
 
 from unirl_stream.api import StoreTick, UnirlError, UserInputError
+from unirl_stream.monitor.report import end_of_run
 from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.launch import Run
+from unirl_stream.pipeline.quiet import QuietConsole
 from unirl_stream.pipeline.rundir import RunDirLock
 from unirl_stream.pipeline.watchdog import StallWatchdog
 from unirl_stream.recipe import Recipe, load, to_toml
@@ -54,7 +56,7 @@ def run(recipe: Recipe | None = None, run_dir: Path | None = None, resume: Path 
 
 def _watch(recipe: Recipe, run_dir: Path, ckpt: Path | None, address: str | None, live: bool) -> None:
     watchdog = StallWatchdog(recipe.pipeline.stall_timeout_s)
-    with Run(recipe, run_dir, ckpt, address=address, live=live) as r:
+    with QuietConsole(run_dir), Run(recipe, run_dir, ckpt, address=address, live=live) as r:
         while not r.finished():  # the whole loop: health, metrics, failures, stalls
             stats = r.store.stats()
             r.emit(StoreTick(run_id=r.run_id, source="driver", t=time.time(), stats=stats))
@@ -66,6 +68,7 @@ def _watch(recipe: Recipe, run_dir: Path, ckpt: Path | None, address: str | None
             time.sleep(recipe.pipeline.tick_s / 2)
         if errors := r.errors():
             raise RunFailed("; ".join(errors))
+    end_of_run(run_dir)
 
 
 def _new_dir(recipe: Recipe) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 from unirl_stream.api import MetricEvent
 from unirl_stream.monitor.setup import Monitoring
-from unirl_stream.pipeline import checkpoint
+from unirl_stream.pipeline import checkpoint, quiet
 from unirl_stream.pipeline.control import Control
 from unirl_stream.pipeline.coordinator import Coordinator, ResumePoint
 from unirl_stream.pipeline.placement import check_fits, trainer_group
@@ -68,8 +68,8 @@ class Run:
         import ray
 
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                                      "logging_level": "WARNING"}
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                                      **quiet.ray_options(self.run_dir)}
             if self.address:
                 kwargs["address"] = self.address
             else:  # "local": a cluster of our own, even if `ray start` left one to join

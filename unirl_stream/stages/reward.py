@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from unirl_stream.api import FieldSpec, RewardError, SampleOutcome, StepResult, prompt_of_group, split_sample_id
+from unirl_stream.api import (
+    FieldSpec,
+    RewardError,
+    SampleOutcome,
+    StepResult,
+    prompt_of_group,
+    split_sample_id,
+)
 from unirl_stream.stages.base import StageBase, StageContext
 
 REWARD_TASK = "reward"  # requires: media
@@ -20,19 +28,26 @@ class RewardStage(StageBase):
        (``on_nan = "fail"``) or drops the sample (``"drop"``: ledger row now, ``reward_ok=0``
        so its group still completes and the trainer skips it).
     2. ``advantage``: claim whole groups whose members all have ``reward`` and write
-       ``advantage`` (z-scored within the group over valid members).
+       ``advantage`` (z-scored within the group over valid members). Every
+       ``logging.media_every`` policy versions, the group's best, median and worst
+       samples go to the media writer (``stages.media``), which never blocks this loop.
     """
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         from unirl_stream.rewards.combine import RewardSet
+        from unirl_stream.stages.media import MediaWriter
 
         self.rewards = RewardSet.from_specs(self.recipe.reward)
         self.running = _RunningStd()  # for adv_std = "global"
+        lg = self.recipe.logging
+        self.media = MediaWriter(ctx.run_dir, lg.media_every, lg.media_max_mb, ctx.sink,
+                                 ctx.run_id, ctx.source)
         # Overwritable: a worker that dies between its write and its ack is replaced by one
         # that scores the same samples again (same media, same score).
         self.store.declare([FieldSpec("reward", "float32", (), True),
                             FieldSpec("reward_ok", "uint8", (), True),
+                            FieldSpec("reward_terms", "float32", (len(self.rewards.names),), True),
                             FieldSpec("advantage", "float32", (), True)])
         self.last_terms: dict[str, float] = {}
         self.sync = self.recipe.pipeline.mode == "sync"
@@ -42,7 +57,8 @@ class RewardStage(StageBase):
             return StepResult()
         scored, dropped = self._score()
         groups = self._advantage()
-        return StepResult(processed=scored + groups, dropped=dropped, metrics=self.last_terms)
+        metrics = {**self.last_terms, **self.media.counters()}
+        return StepResult(processed=scored + groups, dropped=dropped, metrics=metrics)
 
     def _score(self) -> tuple[int, int]:
         import torch
@@ -63,7 +79,10 @@ class RewardStage(StageBase):
             raise
         ok = torch.tensor([0 if i in bad else 1 for i in ids], dtype=torch.uint8)
         totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.totals)], dtype=torch.float32)
-        self.store.put(ids, {"reward": totals, "reward_ok": ok})
+        terms = torch.tensor([[float("nan") if (v := result.terms[n][k]) is None else v
+                               for n in self.rewards.names] for k in range(len(ids))],
+                             dtype=torch.float32).reshape(len(ids), len(self.rewards.names))
+        self.store.put(ids, {"reward": totals, "reward_ok": ok, "reward_terms": terms})
         self.store.ack(claim)
         self.last_terms = result.metrics()
         if bad:
@@ -98,9 +117,38 @@ class RewardStage(StageBase):
             self.running.update(td["reward"][ok].tolist())
             adv[ok] = group_advantages(td["reward"][ok], groups, a.adv_std, a.adv_clip,
                                        global_std=self.running.std if a.adv_std == "global" else None)
+        # before ``advantage`` is written: from then on the trainer may train and delete them
+        self._offer_media(ids, td["reward"], ok, adv)
         self.store.put(ids, {"advantage": adv})
         self.store.ack(claim)
         return len(set(groups))
+
+    def _offer_media(self, ids: list[str], reward: Any, ok: Any, adv: Any) -> None:
+        """Best/median/worst of each claimed group sampled at a ``media_every`` version."""
+        from unirl_stream.stages.media import MediaItem, pick
+
+        metas = self.store.meta(ids)
+        due = [j for j, m in enumerate(metas) if ok[j] and self.media.due(m.behavior_version)]
+        if not due:
+            return
+        now = self.ctx.control.current_version()
+        by_group: dict[str, list[int]] = {}
+        for j in due:
+            by_group.setdefault(metas[j].group, []).append(j)
+        for group, members in by_group.items():
+            chosen = [(members[i], rank) for i, rank in pick([float(reward[j]) for j in members])]
+            picked = [ids[j] for j, _ in chosen]
+            td = self.store.get(picked, ["media", "reward_terms"])
+            items = [MediaItem(
+                sample_id=ids[j], group=group, prompt=self.ctx.prompts_by_id[prompt_of_group(group)].text,
+                version=metas[j].behavior_version, rank=rank, reward=float(reward[j]),
+                terms=dict(zip(self.rewards.names, td["reward_terms"][k].tolist(), strict=True)),
+                advantage=float(adv[j]), staleness=now - metas[j].behavior_version,
+                frames=td["media"][k].numpy().copy()) for k, (j, rank) in enumerate(chosen)]
+            self.media.offer(items)
+
+    def close(self) -> None:
+        self.media.close()
 
 
 class _RunningStd:

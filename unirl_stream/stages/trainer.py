@@ -228,7 +228,7 @@ class TrainerStage(StageBase):
             run_id=self.ctx.run_id, source=self.ctx.source, t=time.time(), step=self.steps,
             policy_version=self.version, samples=len(rewards), loss=last.loss, clip_frac=last.clip_frac,
             approx_kl=last.approx_kl, grad_norm=last.grad_norm, reward_mean=mean, reward_std=std,
-            staleness=staleness, publish_latency_s=latency))
+            staleness=staleness, rewards=rewards, publish_latency_s=latency))
         return mean
 
     def _filtered(self, batch: Any, keep: Any) -> dict[str, Any]:
