@@ -21,6 +21,7 @@ from unirl_stream.recipe import Recipe
 from unirl_stream.stages.base import StageContext
 
 # (task, required fields, by_group) of the built-in stages; plugin stages register their own.
+SETTLE_S = 5.0  # how long a failed trainer group's other ranks may take to report
 TASKS = (("reward", ("media",), False), ("advantage", ("reward",), True))
 
 
@@ -35,6 +36,7 @@ class Run:
         self._workers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef)
         self._thread_errors: list[str] = []
         self._trainers: list[tuple[str, Any]] = []  # (source, thread or ObjectRef) per rank
+        self._settled = False
         self.actors: dict[str, Any] = {}  # Ray actor handles by source ("rollout/0", ...)
         self._reaper: Reaper | None = None
         self._host = socket.gethostname()
@@ -191,7 +193,24 @@ class Run:
             self._reaper.tell(pids=[w.pid for w in self.control.workers().values() if w.host == self._host])
 
     def errors(self) -> list[str]:
-        return list(dict.fromkeys(self._thread_errors + self.control.errors()))
+        """Failures so far; a trainer rank whose process died comes first."""
+        errors = self._thread_errors + self.control.errors()
+        if errors and self.use_ray and len(self._trainers) > 1 and not self._settled:
+            self._settle()
+            errors = self._thread_errors + self.control.errors()
+        return list(dict.fromkeys(errors))
+
+    def _settle(self) -> None:
+        """A dead rank's peers fail in their collectives a moment before Ray reports the
+        death: give the other ranks a few seconds to end, so the error names the cause."""
+        import ray
+
+        self._settled = True
+        refs = [ref for _, ref in self._trainers]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=SETTLE_S)
+        for src, ref in self._trainers:
+            if ref in done:
+                self._collect(src, ref)
 
     def emit(self, event: MetricEvent) -> None:
         self.metrics.emit(event)
