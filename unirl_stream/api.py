@@ -293,6 +293,9 @@ class LossStats(msgspec.Struct):
     grad_norm: float = 0.0
 
 
+ObjectiveInput = Literal["proximal", "ref"]
+
+
 class Objective(Protocol):
     """Per-step policy loss on replayed log-probs.
 
@@ -300,13 +303,19 @@ class Objective(Protocol):
     ``ref`` (optional) [B, K]. ``proximal`` is the trainer's log-prob before this batch's
     first update (fixed for all updates of the batch); ``behavior`` is what the producer
     recorded. Returns the scalar loss (autograd) and detached stats.
+
+    ``needs`` declares which of the extra no-grad replays the objective reads: the trainer
+    computes only those (each is a full pass over the batch's SDE steps) and passes None for
+    the others.
     """
+
+    needs: frozenset[ObjectiveInput]
 
     def __call__(
         self,
         new: torch.Tensor,
         behavior: torch.Tensor,
-        proximal: torch.Tensor,
+        proximal: torch.Tensor | None,
         advantages: torch.Tensor,
         ref: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LossStats]: ...
