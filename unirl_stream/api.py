@@ -220,9 +220,11 @@ class Prompt(msgspec.Struct, frozen=True):
 class Policy(Protocol):
     """What the rollout and trainer stages need from a model plugin.
 
-    A policy is built from the recipe (``Policy.from_recipe(recipe)``) in the process
-    that uses it. ``check(recipe)`` is a cheap classmethod run by the validator before any
-    actor starts: it raises UserInputError naming missing weights (path + how to get them).
+    A policy is built from the recipe (``Policy.from_recipe(recipe, device=..., role=...)``)
+    in the process that uses it; ``role`` is ``"producer"`` (rollout only: a policy may then
+    run its adapters in the dtype of inference after each weight load) or ``"trainer"``.
+    ``check(recipe)`` is a cheap classmethod run by the validator before any actor starts:
+    it raises UserInputError naming missing weights (path + how to get them).
 
     Trajectories are TensorDicts with batch size [B]; which fields they hold is the
     policy's business (declared through ``field_specs``), but every policy writes

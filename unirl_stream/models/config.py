@@ -18,6 +18,11 @@ class LoraConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     experts: list[Literal["high", "low"]] = msgspec.field(default_factory=lambda: ["high", "low"])
     """Which experts get adapters: ``high`` = ``transformer`` (t >= boundary),
     ``low`` = ``transformer_2``. One-transformer models only have ``high``."""
+    producer_dtype: Literal["model", "float32"] = "model"
+    """Dtype rollout producers run the adapters in (producers never train; each weight load
+    rounds the trainer's fp32 masters into it): ``model`` = ``model.dtype`` (bf16 LoRA GEMMs,
+    no fp32 casts of activations), ``float32`` = the trainer's numerics. With ``model`` on a bf16
+    model, producer and trainer log-probs differ by rounding: use ``decoupled_grpo``."""
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
