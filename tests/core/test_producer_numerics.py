@@ -1,6 +1,6 @@
 """Producers with bf16 adapters, trainer with fp32 masters: the decoupled objective's clipped
 ratio stays within the clip range at staleness 0, where GRPO's (against the producers'
-log-probs) does not."""
+log-probs) does not; compilation stays off on CPU."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from unirl_stream.algorithms.advantages import group_advantages
 from unirl_stream.algorithms.config import AlgorithmConfig
 from unirl_stream.algorithms.losses import GRPO, DecoupledGRPO
 from unirl_stream.algorithms.train import train_on_batch
+from unirl_stream.models.compile import compile_kind
 from unirl_stream.models.wan22 import Wan22Policy
 
 CLIP = 1e-4  # the published recipe's clip range
@@ -54,3 +55,11 @@ def test_producer_float32_option_keeps_the_trainer_numerics() -> None:
     producer = Wan22Policy.from_recipe(recipe, device="cpu", role="producer")
     assert {p.dtype for p in producer.trainable_parameters()} == {torch.float32}
 
+
+def test_compilation_is_off_on_cpu_unless_asked() -> None:
+    recipe = make_recipe("ti2v", num_inference_steps=4)
+    assert recipe.model.compile == "auto"
+    assert compile_kind(recipe.model, "cpu") == "off" and compile_kind(recipe.model, "cuda") == "regional"
+    policy = Wan22Policy.from_recipe(recipe, device="cpu")
+    assert policy.compiled == "off"
+    assert all(getattr(b, "_compiled_call_impl", None) is None for b in policy.experts[0].blocks)

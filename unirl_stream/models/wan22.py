@@ -30,6 +30,7 @@ from unirl_stream.algorithms.selection import (
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models import loading
+from unirl_stream.models.compile import compile_experts
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
@@ -164,8 +165,7 @@ class Wan22Policy:
             model.to(self.device)
             if m.gradient_checkpointing and model in self.trained.values():
                 model.enable_gradient_checkpointing()
-            if m.compile:
-                model.compile(mode=None if m.compile_mode == "default" else m.compile_mode)
+        self.compiled = compile_experts(self.experts, m, self.device.type)
         self.version = 0
         self.sigmas = sigma_grid(s.num_inference_steps, s.shift)
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
