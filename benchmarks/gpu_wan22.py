@@ -15,8 +15,7 @@ The UMT5-XXL text encoder is a 2-layer UMT5 of the same width (prompts are encod
 cached, so it is in no timing). LoRA r64 / alpha 128 on q, k, v, out of both attentions; SDE
 steps in timestep fraction [0, 0.6) (12 of 20). Phases (``gpu_wan22_phases.py``) write JSONL
 rows as soon as measured: matmul roof, plain ``WanPipeline``, our producer (bf16 adapters)
-and trainer (fp32 adapters) eager, the producer/trainer log-prob gap, merge rounding, decode,
-reward, a bare forward+backward with checkpointing, replay (grpo, and decoupled with its
+and trainer (fp32 adapters) eager, the producer/trainer log-prob gap, decode, reward, a bare forward+backward with checkpointing, replay (grpo, and decoupled with its
 proximal pass), regional compilation of producer and trainer, and a second process starting
 on the warm compile cache. Per-sample stage costs for the planner go to
 ``wan22_stage_costs.jsonl``.
@@ -168,7 +167,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="CPU dry run with tiny models")
     ap.add_argument("--layouts", nargs="*", default=["ti2v", "a14b"], choices=sorted(LAYOUTS))
     ap.add_argument("--a14b-blocks", type=int, default=4, help="blocks per A14B expert (of 40)")
-    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: compile, warm, reward, merge")
+    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: compile, warm, reward")
     ap.add_argument("--cache", default=None, help="compile cache directory (default: a temporary one)")
     ap.add_argument("--warm-start", default=None, help=argparse.SUPPRESS)  # child process: model dir
     ap.add_argument("--layout", default="ti2v", help=argparse.SUPPRESS)

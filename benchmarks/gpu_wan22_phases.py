@@ -183,29 +183,6 @@ def phase_mismatch(ctx: Ctx, producer: Any, trainer: Any) -> Any:
     return td
 
 
-def phase_merge(ctx: Ctx, trainer: Any) -> None:
-    """Would merging the LoRA delta into the bf16 base keep it? ||bf16(W + dW) - W - dW|| / ||dW||
-    over the first 8 adapted projections, for B entries of one, ten and a hundred AdamW steps."""
-    import torch
-
-    mods = [m for m in trainer.experts[0].modules() if hasattr(m, "lora_A") and "default" in m.lora_A][:8]
-    torch.set_grad_enabled(False)
-    for b in (3e-4, 3e-3, 3e-2):
-        errs = []
-        for m in mods:
-            w = m.base_layer.weight.float()
-            a_ = m.lora_A["default"].weight.float()
-            bb = torch.full_like(m.lora_B["default"].weight, b, dtype=torch.float32)
-            dw = m.scaling["default"] * (bb @ a_)
-            merged = (w + dw).to(m.base_layer.weight.dtype).float()
-            errs.append(float((merged - w - dw).norm() / dw.norm()))
-        ctx.rows.add({**ctx.cfg, "lora_b": b, "modules": len(mods)}, "merge_bf16_relative_error",
-                     sum(errs) / len(errs), "ratio")
-        print(f"[{ctx.cfg['layout']}] merging B={b:g} into bf16: relative error of the delta "
-              f"{sum(errs) / len(errs):.3f}", flush=True)
-    torch.set_grad_enabled(True)
-
-
 def phase_reward(ctx: Ctx) -> float:
     """video_pickscore with a CLIP-H-sized random CLIP (ViT-H/14 224 px, 24-layer 1024 text),
     bf16, 8 frames of each 33-frame video, 4 samples a batch: seconds per sample."""
@@ -427,8 +404,6 @@ def run_layout(ctx: Ctx) -> None:
     eager = phase_rollout(ctx, producer, trainer)
     _no_decode(producer)
     td = phase_mismatch(ctx, producer, trainer)
-    if "merge" not in skip:
-        phase_merge(ctx, trainer)
     reward = phase_reward(ctx) if "reward" not in skip else 0.0
     rep = phase_replay(ctx, trainer, td, "eager")
     eager["pair"] = rep["pair"]

@@ -41,17 +41,10 @@ def use_cache_dir(path: str | None) -> None:
 
 def compile_experts(experts: list[Any], cfg: ModelConfig, device_type: str) -> str:
     """Compile each expert in place as the recipe says; returns the kind used."""
-    import torch._dynamo
-
     kind = compile_kind(cfg, device_type)
     if kind == "off":
         return kind
     use_cache_dir(cfg.compile_cache)
-    # Dynamo would persist its "this dimension varies" decisions in the cache directory, and
-    # the trainer's shapes (its proximal pass replays every SDE step at once) would then make
-    # each producer compile a dynamic-shape graph, missing the cache (measured: 33 s instead
-    # of 8 s warm on the tiny model). Every process starts from its own static shapes.
-    torch._dynamo.config.automatic_dynamic_local_pgo = False
     for model in experts:
         if kind == "regional":
             model.compile_repeated_blocks(fullgraph=True)
