@@ -81,11 +81,6 @@ def _no_decode(policy: Any) -> None:
     policy.decode = lambda lat: torch.zeros(lat.shape[0], 1, 1, 1, 3, dtype=torch.uint8)
 
 
-def _tflops(ctx: Ctx, flops: float, seconds: float) -> tuple[float, float]:
-    tf = flops / seconds / 1e12
-    return tf, tf / ctx.roof
-
-
 def load_pair(ctx: Ctx) -> tuple[Any, Any, Any]:
     """Producer and trainer from the saved folder; the live adapter set in both."""
     import torch
@@ -161,24 +156,30 @@ def _tokens(policy: Any) -> int:
     return (t // p[0]) * (h // p[1]) * (w // p[2])
 
 
+def _gap(ctx: Ctx, name: str, replayed: Any, recorded: Any) -> Any:
+    """Rows for |replayed - recorded| log-prob per SDE step of one sample."""
+    g = (replayed.cpu() - recorded.cpu()).abs()[0]
+    clip = ctx.a.clip_range
+    c = {**ctx.cfg, "per_step": [float(x) for x in g], "clip_range": clip, "live_lora_b": LIVE_B}
+    ctx.rows.add(c, f"logprob_gap_{name}_max", float(g.max()), "nats/element")
+    ctx.rows.add(c, f"logprob_gap_{name}_mean", float(g.mean()), "nats/element")
+    ctx.rows.add(c, f"logprob_gap_{name}_steps_over_clip", float((g > clip).float().mean()), "fraction")
+    print(f"[{ctx.cfg['layout']}] log-prob gap per SDE step, {name}: max {float(g.max()):.2e} "
+          f"mean {float(g.mean()):.2e} (clip range {clip})", flush=True)
+    return g
+
+
 def phase_mismatch(ctx: Ctx, producer: Any, trainer: Any) -> Any:
     """|producer - trainer| log-prob per SDE step at the same weights (bf16 vs fp32 adapters),
     next to the trainer replaying its own fp32 rollout (batch-shape rounding only)."""
     import torch
 
-    prompt, clip = _prompt(), producer.recipe.algorithm.clip_range
+    prompt = _prompt()
     td = producer.rollout([prompt], [7])
     td32 = trainer.rollout([prompt], [7])
     with torch.no_grad():
-        gap = (trainer.logprobs([prompt], td).cpu() - td["log_probs"]).abs()[0]
-        gap32 = (trainer.logprobs([prompt], td32).cpu() - td32["log_probs"]).abs()[0]
-    for name, g in (("bf16_producer", gap), ("fp32_producer", gap32)):
-        c = {**ctx.cfg, "per_step": [float(x) for x in g], "clip_range": clip, "live_lora_b": LIVE_B}
-        ctx.rows.add(c, f"logprob_gap_{name}_max", float(g.max()), "nats/element")
-        ctx.rows.add(c, f"logprob_gap_{name}_mean", float(g.mean()), "nats/element")
-        ctx.rows.add(c, f"logprob_gap_{name}_steps_over_clip", float((g > clip).float().mean()), "fraction")
-    print(f"[{ctx.cfg['layout']}] log-prob gap per SDE step: bf16 producer max {float(gap.max()):.2e} "
-          f"mean {float(gap.mean()):.2e}; fp32 producer max {float(gap32.max()):.2e} (clip {clip})", flush=True)
+        _gap(ctx, "bf16_producer", trainer.logprobs([prompt], td), td["log_probs"])
+        _gap(ctx, "fp32_producer", trainer.logprobs([prompt], td32), td32["log_probs"])
     td["advantage"] = torch.ones(1)
     return td
 
@@ -204,7 +205,10 @@ def phase_reward(ctx: Ctx) -> float:
                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
             vision = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                           hidden_act="gelu", image_size=224, patch_size=14)
-            CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=1024)).save_pretrained(str(folder))
+            with torch.device(a.device):  # 1B parameters: initialised on the GPU in seconds
+                clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=1024))
+            clip.save_pretrained(str(folder))
+            del clip
     cls = registry.load("rewards", "video_pickscore")
     scorer = cls(cls.Config(model=str(folder), processor=str(folder), device=a.device,
                             dtype="float32" if a.tiny else "bfloat16", batch_size=4))
@@ -265,6 +269,8 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
     for name, obj in (("grpo", GRPO(alg)), ("decoupled", DecoupledGRPO(alg))):
         run = lambda o=obj: train_on_batch(trainer, o, opt, [prompt], td, alg, bump_version=False)  # noqa: E731
         t_first, _ = ctx.clock(run)
+        if tag != "eager":  # a compiled second call still recompiled once in the CPU dry run
+            run()
         t, _ = ctx.clock(run)
         out[name] = t
         out[name + "_first"] = t_first
@@ -307,6 +313,7 @@ def first_step(policy: Any) -> Any:
 def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float], td: Any) -> dict[str, float]:
     """Regional compilation of producer and trainer (the CUDA default), cold cache."""
     import msgspec
+    import torch
 
     from unirl_stream.models.compile import compile_experts
 
@@ -316,7 +323,8 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
     t_first_roll, _ = ctx.clock(lambda: producer.rollout([_prompt()], [1]))
     t_roll, _ = ctx.clock(lambda: producer.rollout([_prompt()], [2]))
     c = {**ctx.cfg, "compile": "regional"}
-    tf, frac = _tflops(ctx, eager["lora_flops"], t_roll)
+    tf = eager["lora_flops"] / t_roll / 1e12
+    frac = tf / ctx.roof
     for metric, v, unit in [
         ("compile_first_step_s", t_first, "s"), ("compile_next_rollout_s", t_first_roll, "s"),
         ("sampler_compiled_s", t_roll, "s"),
@@ -326,10 +334,17 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
         ctx.rows.add(c, metric, v, unit)
     print(f"[{ctx.cfg['layout']}] compiled producer: first step {t_first:.1f}s, rollout {t_roll:.2f}s "
           f"({t_roll / eager['plain']:.3f}x plain, {tf:.0f} TFLOP/s = {frac:.2f} of roof)", flush=True)
+    td_c = producer.rollout([_prompt()], [7])  # the eager producer's sample, now compiled
+    _gap(ctx, "compiled_vs_eager_producer", td_c["log_probs"], td["log_probs"])
     compile_experts(trainer.experts, m, trainer.device.type)
     rep = phase_replay(ctx, trainer, td, "regional")
     ctx.rows.add(c, "replay_compiled_per_step_over_eager_pair", rep["grpo"] / int(td["sde_steps"].shape[1])
                  / eager["pair"], "ratio")
+    with torch.no_grad():  # what a compiled deployment sees: compiled trainer vs compiled producer
+        _gap(ctx, "compiled_bf16_producer", trainer.logprobs([_prompt()], td_c), td_c["log_probs"])
+    from torch._dynamo.utils import counters
+
+    ctx.rows.add(c, "dynamo_unique_graphs", float(counters["stats"]["unique_graphs"]), "count")
     return {"rollout": t_roll, **{f"replay_{k}": v for k, v in rep.items()}}
 
 
@@ -344,34 +359,6 @@ def phase_warm(ctx: Ctx) -> None:
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env, timeout=300)
     ctx.rows.add(ctx.cfg, "warm_process_wall_s", time.time() - t0, "s")
-
-
-def warm_start_child(a: Any, model_dir: Path, clock: Any) -> None:
-    import gpu_wan22 as g
-    from rows import Rows
-
-    from unirl_stream.models.wan22 import Wan22Policy
-
-    t_proc = time.time()
-    lay = g.layout_config(a.layout, a)
-    a.cache = Path(a.cache)
-    recipe = g.make_recipe(model_dir, model_dir.parent, a, lay, compile="regional")
-    t_load, policy = clock(lambda: Wan22Policy.from_recipe(recipe, role="producer"))
-    t_first, _ = clock(lambda: first_step(policy))
-    t_second, _ = clock(lambda: first_step(policy))
-    rows = Rows("gpu_wan22", Path(a.out) / ("gpu_wan22_tiny.jsonl" if a.tiny else "gpu_wan22.jsonl"))
-    c = {"layout": a.layout, "compile": "regional", "cache": "warm", "geometry": f"{a.height}x{a.width}x{a.frames}"}
-    rows.add(c, "warm_load_s", t_load, "s")
-    rows.add(c, "warm_first_step_s", t_first, "s")
-    rows.add(c, "warm_steady_step_s", t_second, "s")
-    rows.add(c, "warm_process_to_first_step_s", time.time() - t_proc, "s")
-    from torch._dynamo.utils import counters
-
-    hits = dict(counters["inductor"])
-    rows.add({**c, "inductor_counters": {k: v for k, v in hits.items() if "cache" in k}},
-             "warm_fxgraph_cache_hits", float(hits.get("fxgraph_cache_hit", 0)), "count")
-    print(f"[{a.layout}] warm cache: load {t_load:.1f}s, first step {t_first:.2f}s (steady {t_second:.3f}s)",
-          flush=True)
 
 
 def stage_costs(ctx: Ctx, k: int, times: dict[str, float], compiled: bool) -> None:
