@@ -383,8 +383,10 @@ def stage_costs(ctx: Ctx, k: int, times: dict[str, float], compiled: bool) -> No
 
 def run_layout(ctx: Ctx) -> None:
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # the previous layout's graphs would count against the recompile limit
+    counters.clear()  # and its graphs in this layout's dynamo_unique_graphs
     skip = set(ctx.a.skip)
     _, producer, trainer = load_pair(ctx)
     eager = phase_rollout(ctx, producer, trainer)
