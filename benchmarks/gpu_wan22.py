@@ -1,28 +1,33 @@
-"""Real-size Wan2.2-TI2V-5B on one GPU: plain diffusers vs our SDE sampler, replay, compile.
+"""Real-size Wan2.2 on one GPU, both layouts: plain diffusers vs our producer and trainer.
 
-Random weights built from the published TI2V-5B configs (30 layers, 24 x 128 heads, ffn 14336,
-48 latent channels, the residual z_dim-48 VAE), bf16, saved in the diffusers layout and loaded
-back through the real loader. The UMT5-XXL text encoder is replaced by a 2-layer UMT5 of the
-same width (text_dim 4096): prompts are encoded once per prompt and cached, so it does not
-enter the timings. Phases, each writing JSONL rows as soon as measured:
+Layouts (random weights from the published configs, bf16, saved in the diffusers layout and
+loaded back through the real loader):
 
-  plain     WanPipeline.__call__ (output_type="latent"), adapters disabled
-  sampler   our SDE sampler with per-step log-probs (Wan22Policy.rollout without decode)
-  decode    the VAE decode of one video
-  replay    one LoRA update on one sample over its SDE steps (proximal pass + update)
-  compile   the sampler with model.compile (compile time, then steady time)
-  async     a short pipeline run, producer and trainer sharing the GPU (backend local)
+  ti2v  TI2V-5B: one transformer, 30 blocks, 24 x 128 heads, ffn 14336, 48 latent channels,
+        the residual z_dim-48 VAE; 480x832x33 (3 510 tokens), 20 steps, CFG 5.
+  a14b  T2V-A14B: two experts of 40 x 128 heads, ffn 13824, 16 latent channels, the z_dim-16
+        VAE, boundary 0.875; 480x832x33 (14 040 tokens), 20 steps, guidance 1 (the
+        wan22_dancegrpo recipe). Reduced depth: each expert has ``--a14b-blocks`` of its 40
+        blocks (same width); transformer-bound costs are also reported scaled by 40 / blocks
+        (the embeddings and head outside the blocks are <1% of a step at this size).
 
-Usage: python benchmarks/gpu_wan22.py [--out DIR] [--deadline-s 560] [--skip PHASE ...]
+The UMT5-XXL text encoder is a 2-layer UMT5 of the same width (prompts are encoded once and
+cached, so it is in no timing). LoRA r64 / alpha 128 on q, k, v, out of both attentions; SDE
+steps in timestep fraction [0, 0.6) (12 of 20). Phases (``gpu_wan22_phases.py``) write JSONL
+rows as soon as measured: matmul roof, plain ``WanPipeline``, our producer (bf16 adapters)
+and trainer (fp32 adapters) eager, the producer/trainer log-prob gap, decode, reward, a bare forward+backward with checkpointing, replay (grpo, and decoupled with its
+proximal pass), regional compilation of producer and trainer, and a second process starting
+on the warm compile cache. Per-sample stage costs for the planner go to
+``wan22_stage_costs.jsonl``.
+
+Usage: python benchmarks/gpu_wan22.py [--layouts ti2v a14b] [--out DIR] [--skip PHASE ...]
        python benchmarks/gpu_wan22.py --tiny     (CPU dry run of every code path)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,53 +35,89 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from rows import Rows  # noqa: E402
 
-TI2V_TRANSFORMER = {"patch_size": [1, 2, 2], "num_attention_heads": 24, "attention_head_dim": 128,
-                    "in_channels": 48, "out_channels": 48, "text_dim": 4096, "freq_dim": 256,
-                    "ffn_dim": 14336, "num_layers": 30, "cross_attn_norm": True,
-                    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024}
-TI2V_VAE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
-            "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [False, True, True],
-            "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
-            "scale_factor_spatial": 16, "scale_factor_temporal": 4,
-            "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}
 TEXT = {"d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 2, "num_heads": 64,
         "feed_forward_proj": "gated-gelu", "pad_token_id": 0, "eos_token_id": 1,
         "decoder_start_token_id": 0}
-TINY_SHRINK = {"transformer": {"num_attention_heads": 2, "attention_head_dim": 12, "ffn_dim": 48,
-                               "num_layers": 2, "text_dim": 32, "freq_dim": 32, "rope_max_seq_len": 64},
-               "vae": {"base_dim": 8, "decoder_base_dim": 12, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
-               "text": {"d_model": 32, "d_kv": 8, "d_ff": 48, "num_heads": 4}}
+_COMMON_T = {"patch_size": [1, 2, 2], "attention_head_dim": 128, "text_dim": 4096, "freq_dim": 256,
+             "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024}
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "ti2v": {
+        "name": "TI2V-5B",
+        "transformer": {**_COMMON_T, "num_attention_heads": 24, "in_channels": 48, "out_channels": 48,
+                        "ffn_dim": 14336, "num_layers": 30},
+        "full_blocks": 30, "experts": 1, "boundary_ratio": None, "expand_timesteps": True,
+        "vae": {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
+                "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [False, True, True],
+                "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
+                "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+                "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48},
+        "guidance": 5.0, "lora_experts": ["high"],
+    },
+    "a14b": {
+        "name": "T2V-A14B",
+        "transformer": {**_COMMON_T, "num_attention_heads": 40, "in_channels": 16, "out_channels": 16,
+                        "ffn_dim": 13824, "num_layers": 40},
+        "full_blocks": 40, "experts": 2, "boundary_ratio": 0.875, "expand_timesteps": False,
+        "vae": {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+                "temperal_downsample": [False, True, True], "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16},
+        "guidance": 1.0, "lora_experts": ["high", "low"],
+    },
+}
+TINY = {"transformer": {"num_attention_heads": 2, "attention_head_dim": 12, "ffn_dim": 48, "num_layers": 2,
+                        "text_dim": 32, "freq_dim": 32, "rope_max_seq_len": 64},
+        "vae": {"base_dim": 8, "decoder_base_dim": 12, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
+        "text": {"d_model": 32, "d_kv": 8, "d_ff": 48, "num_heads": 4}}
 
 
-def build_model(out: Path, tiny: bool, device: str) -> Path:
-    """Random-weight TI2V-5B (or its tiny twin) saved as a diffusers folder."""
+def layout_config(name: str, a: argparse.Namespace) -> dict[str, Any]:
+    lay = {**LAYOUTS[name]}
+    t = {**lay["transformer"]}
+    if name == "a14b":
+        t["num_layers"] = a.a14b_blocks
+    if a.tiny:
+        t.update(TINY["transformer"])
+        lay["vae"] = {**lay["vae"], **TINY["vae"]}
+        if "decoder_base_dim" not in LAYOUTS[name]["vae"]:
+            lay["vae"].pop("decoder_base_dim")
+    lay["transformer"] = t
+    lay["blocks"] = t["num_layers"]
+    lay["full_blocks"] = t["num_layers"] if a.tiny else lay["full_blocks"]
+    return lay
+
+
+def build_model(out: Path, lay: dict[str, Any], tiny: bool, device: str) -> Path:
+    """Random-weight pipeline of ``lay`` saved as a diffusers folder."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     from unirl_stream.models.tiny import VOCAB, build_tokenizer
 
-    tcfg = {**TI2V_TRANSFORMER, **(TINY_SHRINK["transformer"] if tiny else {})}
-    vcfg = {**TI2V_VAE, **(TINY_SHRINK["vae"] if tiny else {})}
-    xcfg = {**TEXT, **(TINY_SHRINK["text"] if tiny else {}), "vocab_size": len(VOCAB)}
+    xcfg = {**TEXT, **(TINY["text"] if tiny else {}), "vocab_size": len(VOCAB)}
     dtype = torch.float32 if tiny else torch.bfloat16
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU: minutes faster than 5B params on CPU
-        transformer = WanTransformer3DModel(**tcfg).to(dtype)
-        vae = AutoencoderKLWan(**vcfg).to(dtype)
+        experts = [WanTransformer3DModel(**lay["transformer"]).to(dtype) for _ in range(lay["experts"])]
+        vae = AutoencoderKLWan(**lay["vae"]).to(dtype)
         text = UMT5EncoderModel(UMT5Config(**xcfg)).to(dtype)
-    pipe = WanPipeline(tokenizer=build_tokenizer(), text_encoder=text, vae=vae, transformer=transformer,
+    extra = {"transformer_2": experts[1], "boundary_ratio": lay["boundary_ratio"]} if len(experts) > 1 else {}
+    pipe = WanPipeline(tokenizer=build_tokenizer(), text_encoder=text, vae=vae, transformer=experts[0],
                        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction",
                                                          use_flow_sigmas=True, flow_shift=5.0),
-                       expand_timesteps=True)
+                       expand_timesteps=lay["expand_timesteps"], **extra)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    del pipe, transformer, vae, text
+    del pipe, experts, vae, text
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return out
 
 
-def make_recipe(model_dir: Path, tmp: Path, a: argparse.Namespace, **model: Any) -> Any:
+def make_recipe(model_dir: Path, tmp: Path, a: argparse.Namespace, lay: dict[str, Any], **model: Any) -> Any:
     from unirl_stream.recipe import decode
 
     prompts = tmp / "prompts.txt"
@@ -84,15 +125,16 @@ def make_recipe(model_dir: Path, tmp: Path, a: argparse.Namespace, **model: Any)
     return decode({
         "run": {"name": "gpu", "seed": 0, "total_steps": 1, "output_dir": str(tmp)},
         "model": {"name": "wan22", "path": str(model_dir), "dtype": "float32" if a.tiny else "bfloat16",
-                  "device": a.device, "gradient_checkpointing": not a.tiny,
-                  "lora": {"rank": 64, "alpha": 128.0, "experts": ["high"]}, **model},
+                  "device": a.device, "gradient_checkpointing": True, "compile": "off",
+                  "compile_cache": str(a.cache), "lora": {"rank": 64, "alpha": 128.0,
+                                                          "experts": lay["lora_experts"]}, **model},
         "data": {"prompts": str(prompts), "shuffle": False},
         "sampling": {"height": a.height, "width": a.width, "num_frames": a.frames,
-                     "num_inference_steps": a.steps, "guidance_scale": a.guidance, "shift": 5.0,
+                     "num_inference_steps": a.steps, "guidance_scale": lay["guidance"], "shift": 5.0,
                      "samples_per_prompt": 2, "sde": {"kernel": "flow_sde", "fraction": [0.0, 0.6]}},
-        "algorithm": {"updates_per_batch": 1, "micro_batch": 1, "lr": 1e-5},
+        "algorithm": {"name": "decoupled_grpo", "updates_per_batch": 1, "micro_batch": 1, "lr": 1e-5},
         "reward": [{"name": "brightness"}],
-        "pipeline": {"backend": "local", "max_staleness": 1, "groups_per_step": 1, "rollout_batch": 2},
+        "pipeline": {"backend": "local", "max_staleness": 1, "groups_per_step": 1, "rollout_batch": 1},
         "logging": {"live": False},
     }, "gpu-benchmark")
 
@@ -101,16 +143,21 @@ class Clock:
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
 
-    def __call__(self, fn: Any) -> tuple[float, Any]:
+    def sync(self) -> None:
         import torch
 
         if self.cuda:
             torch.cuda.synchronize()
+
+    def __call__(self, fn: Any) -> tuple[float, Any]:
+        import torch
+
+        self.sync()
+        if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         out = fn()
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.sync()
         return time.perf_counter() - t0, out
 
     def peak_gib(self) -> float:
@@ -119,138 +166,82 @@ class Clock:
         return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else 0.0
 
 
-def phase_eager(policy: Any, a: argparse.Namespace, rows: Rows, cfg: dict, clock: Clock) -> dict[str, float]:
-    import torch
+def warm_start_child(a: Any, model_dir: Path, clock: Any) -> None:
+    """The second process of the warm-cache measurement: load a compiled producer, time its
+    first step (the compile cache holds what the first process compiled)."""
+    from gpu_wan22_phases import first_step
 
-    from unirl_stream.algorithms.losses import GRPO
-    from unirl_stream.algorithms.train import make_optimizer, train_on_batch
-    from unirl_stream.api import Prompt
+    from unirl_stream.models.wan22 import Wan22Policy
 
-    prompt = Prompt(id="p:0", text="a red fox running through snow")
-    pipe = policy.pipeline
-    gen = torch.Generator("cpu").manual_seed(0)
+    t_proc = time.time()
+    lay = layout_config(a.layout, a)
+    a.cache = Path(a.cache)
+    recipe = make_recipe(model_dir, model_dir.parent, a, lay, compile="regional")
+    t_load, policy = clock(lambda: Wan22Policy.from_recipe(recipe, role="producer"))
+    t_first, _ = clock(lambda: first_step(policy))
+    t_second, _ = clock(lambda: first_step(policy))
+    rows = Rows("gpu_wan22", Path(a.out) / ("gpu_wan22_tiny.jsonl" if a.tiny else "gpu_wan22.jsonl"))
+    c = {"layout": a.layout, "compile": "regional", "cache": "warm", "geometry": f"{a.height}x{a.width}x{a.frames}"}
+    rows.add(c, "warm_load_s", t_load, "s")
+    rows.add(c, "warm_first_step_s", t_first, "s")
+    rows.add(c, "warm_steady_step_s", t_second, "s")
+    rows.add(c, "warm_process_to_first_step_s", time.time() - t_proc, "s")
+    from torch._dynamo.utils import counters
 
-    def plain() -> Any:
-        with policy._adapters_disabled():
-            return pipe(prompt=prompt.text, negative_prompt="", height=a.height, width=a.width,
-                        num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance,
-                        output_type="latent", generator=gen).frames
-
-    clock(plain)  # warm-up (kernels, allocator)
-    t_plain, latents = clock(plain)
-    rows.add(cfg, "plain_pipeline_s", t_plain, "s")
-    rows.add(cfg, "plain_pipeline_peak", clock.peak_gib(), "GiB")
-    kept: list[Any] = []
-    real_decode = policy.decode
-    policy.decode = lambda lat: (kept.append(lat), torch.zeros(lat.shape[0], 1, 1, 1, 3, dtype=torch.uint8))[1]
-    clock(lambda: policy.rollout([prompt], [1]))
-    t_ours, _ = clock(lambda: policy.rollout([prompt], [2]))
-    rows.add(cfg, "sampler_s", t_ours, "s")
-    rows.add(cfg, "sampler_peak", clock.peak_gib(), "GiB")
-    rows.add(cfg, "sampler_over_plain", t_ours / t_plain, "ratio")
-    # where the overhead goes: without adapters (the bare sampler), and fp32 GEMMs without TF32
-    with policy._adapters_disabled():
-        t_bare, _ = clock(lambda: policy.rollout([prompt], [2]))
-    rows.add(cfg, "sampler_no_lora_over_plain", t_bare / t_plain, "ratio")
-    if clock.cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        t_notf32, _ = clock(lambda: policy.rollout([prompt], [2]))
-        torch.backends.cuda.matmul.allow_tf32 = policy.options.tf32
-        rows.add(cfg, "sampler_lora_fp32_no_tf32_over_plain", t_notf32 / t_plain, "ratio")
-        print(f"sampler without LoRA {t_bare / t_plain:.3f}x plain, LoRA without TF32 {t_notf32 / t_plain:.3f}x",
-              flush=True)
-    policy.decode = real_decode
-    t_dec, _ = clock(lambda: policy.decode(kept[-1]))
-    rows.add(cfg, "vae_decode_s", t_dec, "s")
-    rows.add(cfg, "vae_decode_peak", clock.peak_gib(), "GiB")
-    td = policy.rollout([prompt], [3])
-    td["advantage"] = torch.ones(1)
-    alg = policy.recipe.algorithm
-    opt = make_optimizer(policy, alg)
-    step = lambda: train_on_batch(policy, GRPO(alg), opt, [prompt], td, alg, bump_version=False)  # noqa: E731
-    clock(step)
-    t_replay, _ = clock(step)
-    k = int(td["sde_steps"].shape[1])
-    rows.add({**cfg, "sde_steps": k}, "replay_update_per_sample_s", t_replay, "s")
-    rows.add({**cfg, "sde_steps": k}, "replay_peak", clock.peak_gib(), "GiB")
-    rows.add({**cfg, "sde_steps": k}, "replay_over_rollout", t_replay / (t_ours + t_dec), "ratio")
-    print(f"plain {t_plain:.2f}s  sampler {t_ours:.2f}s ({t_ours / t_plain:.3f}x)  decode {t_dec:.2f}s  "
-          f"replay {t_replay:.2f}s over {k} steps", flush=True)
-    return {"plain": t_plain, "sampler": t_ours}
+    hits = dict(counters["inductor"])
+    rows.add({**c, "inductor_counters": {k: v for k, v in hits.items() if "cache" in k}},
+             "warm_fxgraph_cache_hits", float(hits.get("fxgraph_cache_hit", 0)), "count")
+    print(f"[{a.layout}] warm cache: load {t_load:.1f}s, first step {t_first:.2f}s (steady {t_second:.3f}s)",
+          flush=True)
 
 
-def phase_compile(policy: Any, a: argparse.Namespace, rows: Rows, cfg: dict, clock: Clock,
-                  plain: float) -> None:
-    """Compile the already-loaded transformer in place (what ``model.compile = true`` does at
-    load time) and time the sampler again; the first call pays the compilation."""
-    import torch
-
-    from unirl_stream.api import Prompt
-
-    for m in policy.experts:
-        m.compile(mode=None if a.compile_mode == "default" else a.compile_mode)
-    policy.decode = lambda lat: torch.zeros(lat.shape[0], 1, 1, 1, 3, dtype=torch.uint8)
-    prompt = Prompt(id="p:0", text="a red fox running through snow")
-    t_first, _ = clock(lambda: policy.rollout([prompt], [1]))
-    t_steady, _ = clock(lambda: policy.rollout([prompt], [2]))
-    c = {**cfg, "compile_mode": a.compile_mode}
-    rows.add(c, "compile_first_rollout_s", t_first, "s")
-    rows.add(c, "sampler_compiled_s", t_steady, "s")
-    rows.add(c, "sampler_compiled_over_plain", t_steady / plain, "ratio")
-    print(f"compiled: first {t_first:.1f}s, steady {t_steady:.2f}s ({t_steady / plain:.3f}x plain)", flush=True)
-
-
-def phase_async(model_dir: Path, tmp: Path, a: argparse.Namespace, rows: Rows, cfg: dict) -> None:
-    from unirl_stream.pipeline.driver import run
-
-    t0 = time.time()
-    run_dir = run(make_recipe(model_dir, tmp, a), run_dir=tmp / "async", live=False)
-    ledger = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
-    trained = [r for r in ledger if r["status"] == "trained"]
-    spans = [json.loads(x) for f in (run_dir / "spans").glob("*.jsonl") for x in f.read_text().splitlines()]
-    start = min(s["t0"] for s in spans)
-    end = max(r["t"] for r in trained)
-    rows.add(cfg, "async_single_gpu_samples_per_s", len(trained) / (end - start), "samples/s")
-    rows.add(cfg, "async_single_gpu_wall_s", time.time() - t0, "s")
-    print(f"async on one GPU: {len(trained)} samples in {end - start:.1f}s", flush=True)
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--tiny", action="store_true", help="CPU dry run with tiny models")
+    ap.add_argument("--layouts", nargs="*", default=["ti2v", "a14b"], choices=sorted(LAYOUTS))
+    ap.add_argument("--a14b-blocks", type=int, default=4, help="blocks per A14B expert (of 40)")
+    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: compile, warm, reward")
+    ap.add_argument("--cache", default=None, help="compile cache directory (default: a temporary one)")
+    ap.add_argument("--warm-start", default=None, help=argparse.SUPPRESS)  # child process: model dir
+    ap.add_argument("--layout", default="ti2v", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.device = "cpu" if a.tiny else "cuda"
+    a.clip_range = 1e-4  # the published recipe's, what the log-prob gaps are compared with
+    a.height, a.width, a.frames, a.steps = (64, 64, 5, 20) if a.tiny else (480, 832, 33, 20)
+    return a
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--tiny", action="store_true", help="CPU dry run with a tiny model")
-    ap.add_argument("--deadline-s", type=float, default=560.0, help="skip phases that would start later")
-    ap.add_argument("--skip", nargs="*", default=[])
-    ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
-    a = ap.parse_args()
+    import tempfile
+
+    import gpu_wan22_phases as ph
     import torch
 
-    a.device = "cpu" if a.tiny else "cuda"
-    a.height, a.width, a.frames, a.steps, a.guidance = (32, 32, 5, 4, 5.0) if a.tiny else (480, 832, 33, 20, 5.0)
-    t_start = time.time()
-    rows = Rows("gpu_wan22", Path(a.out) / ("gpu_wan22_tiny.jsonl" if a.tiny else "gpu_wan22.jsonl"))
-    cfg = {"model": "TI2V-5B" + (" (tiny dry run)" if a.tiny else " random weights, bf16"),
-           "geometry": f"{a.height}x{a.width}x{a.frames}", "steps": a.steps, "guidance": a.guidance,
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-           "torch": torch.__version__}
+    a = parse()
     clock = Clock(a.device)
+    if a.warm_start:  # the second process of the warm-cache measurement
+        warm_start_child(a, Path(a.warm_start), clock)
+        return
+    suffix = "_tiny" if a.tiny else ""
+    rows = Rows("gpu_wan22", Path(a.out) / f"gpu_wan22{suffix}.jsonl")
+    costs = Rows("wan22_stage_costs", Path(a.out) / f"wan22_stage_costs{suffix}.jsonl")
+    base = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "geometry": f"{a.height}x{a.width}x{a.frames}", "steps": a.steps}
+    roof = ph.matmul_roof(rows, base, clock, a.tiny)
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
-        t_build, model_dir = clock(lambda: build_model(tmp / "wan_ti2v_5b", a.tiny, a.device))
-        rows.add(cfg, "build_and_save_s", t_build, "s")
-        from unirl_stream.models.wan22 import Wan22Policy
-
-        t_load, policy = clock(lambda: Wan22Policy.from_recipe(make_recipe(model_dir, tmp, a)))
-        rows.add(cfg, "load_s", t_load, "s")
-        times = phase_eager(policy, a, rows, cfg, clock)
-        if "async" not in a.skip and time.time() - t_start < a.deadline_s - 400:
-            phase_async(model_dir, tmp, a, rows, cfg)  # its policies load beside this one
-        if "compile" not in a.skip and time.time() - t_start < a.deadline_s - 280:
-            phase_compile(policy, a, rows, cfg, clock, times["plain"])
-        else:
-            print("compile phase skipped: not enough time left before the deadline", flush=True)
-    eager = times["sampler"] / times["plain"]
-    print(f"sampler/plain eager = {eager:.3f} (target <= 1.05)")
+        a.cache = Path(a.cache) if a.cache else tmp / "compile_cache"
+        for name in a.layouts:
+            lay = layout_config(name, a)
+            cfg = {**base, "model": lay["name"] + (" (tiny dry run)" if a.tiny else " random weights, bf16"),
+                   "layout": name, "blocks": lay["blocks"], "full_blocks": lay["full_blocks"],
+                   "guidance": lay["guidance"]}
+            t_build, model_dir = clock(lambda n=name, lo=lay: build_model(tmp / n, lo, a.tiny, a.device))
+            rows.add(cfg, "build_and_save_s", t_build, "s")
+            ph.run_layout(ph.Ctx(a, lay, cfg, rows, costs, clock, roof, model_dir, tmp, make_recipe))
+            if clock.cuda:
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

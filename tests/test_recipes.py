@@ -84,6 +84,8 @@ def test_wan22_recipe_mirrors_the_published_setup() -> None:
     assert (a.lr, a.clip_range, a.updates_per_batch, a.max_grad_norm, a.kl_coef) == (
         3e-4, 1e-4, 2, 1.0, 0.0)
     assert [x.name for x in r.reward] == ["video_pickscore"]
+    # Our departure: bf16 producer adapters, so the objective replays its own proximal pass.
+    assert (a.name, lora.producer_dtype, r.model.compile) == ("decoupled_grpo", "model", "auto")
     # Our departure: real videos (4k+1 frames), sized for 80 GB GPUs.
     assert s.num_frames > 1 and (s.num_frames - 1) % 4 == 0
     # SDE steps must reach both experts (the checkpoint's boundary ratio is 0.875).

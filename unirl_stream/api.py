@@ -220,9 +220,11 @@ class Prompt(msgspec.Struct, frozen=True):
 class Policy(Protocol):
     """What the rollout and trainer stages need from a model plugin.
 
-    A policy is built from the recipe (``Policy.from_recipe(recipe)``) in the process
-    that uses it. ``check(recipe)`` is a cheap classmethod run by the validator before any
-    actor starts: it raises UserInputError naming missing weights (path + how to get them).
+    A policy is built from the recipe (``Policy.from_recipe(recipe, device=..., role=...)``)
+    in the process that uses it; ``role`` is ``"producer"`` (rollout only: a policy may then
+    run its adapters in the dtype of inference after each weight load) or ``"trainer"``.
+    ``check(recipe)`` is a cheap classmethod run by the validator before any actor starts:
+    it raises UserInputError naming missing weights (path + how to get them).
 
     Trajectories are TensorDicts with batch size [B]; which fields they hold is the
     policy's business (declared through ``field_specs``), but every policy writes
@@ -293,6 +295,9 @@ class LossStats(msgspec.Struct):
     grad_norm: float = 0.0
 
 
+ObjectiveInput = Literal["proximal", "ref"]
+
+
 class Objective(Protocol):
     """Per-step policy loss on replayed log-probs.
 
@@ -300,13 +305,19 @@ class Objective(Protocol):
     ``ref`` (optional) [B, K]. ``proximal`` is the trainer's log-prob before this batch's
     first update (fixed for all updates of the batch); ``behavior`` is what the producer
     recorded. Returns the scalar loss (autograd) and detached stats.
+
+    ``needs`` declares which of the extra no-grad replays the objective reads: the trainer
+    computes only those (each is a full pass over the batch's SDE steps) and passes None for
+    the others.
     """
+
+    needs: frozenset[ObjectiveInput]
 
     def __call__(
         self,
         new: torch.Tensor,
         behavior: torch.Tensor,
-        proximal: torch.Tensor,
+        proximal: torch.Tensor | None,
         advantages: torch.Tensor,
         ref: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LossStats]: ...

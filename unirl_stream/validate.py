@@ -30,6 +30,7 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
     _check_finite(msgspec.to_builtins(recipe), where, "")
     _check_plugins(recipe, where)
     _check_model(recipe, where)
+    _check_numerics(recipe, where)
     _check_sampling(recipe, where)
     _check_pipeline(recipe, where)
     try:
@@ -107,6 +108,23 @@ def _check_model(recipe: Recipe, where: str) -> None:
         raise UserInputError(f"{where}: model.lora.experts: empty list with LoRA enabled")
     if len(set(lora.experts)) != len(lora.experts):
         raise UserInputError(f"{where}: model.lora.experts: duplicate entries in {lora.experts}")
+
+
+def _check_numerics(recipe: Recipe, where: str) -> None:
+    """Producers running bf16 adapters record behaviour log-probs that differ from the fp32
+    trainer's by rounding, even at staleness 0: only an objective with its own proximal replay
+    keeps its trust region on the trainer's numerics (algorithms/losses.py)."""
+    m = recipe.model
+    if m.dtype == "float32" or m.lora.producer_dtype != "model" or not m.lora.enabled:
+        return
+    objective = registry.load("algorithms", recipe.algorithm.name)(recipe.algorithm)
+    if "proximal" not in objective.needs:
+        raise UserInputError(
+            f"{where}: algorithm.name: {recipe.algorithm.name!r} takes its ratio against the producers' "
+            f"log-probs, which {m.dtype} producer adapters (model.lora.producer_dtype = 'model') shift by "
+            f"rounding; use algorithm.name = 'decoupled_grpo' or "
+            f"model.lora.producer_dtype = 'float32'"
+        )
 
 
 def _check_sampling(recipe: Recipe, where: str) -> None:

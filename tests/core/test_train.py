@@ -8,7 +8,7 @@ from core_helpers import PROMPTS, build_policy, make_recipe, perturb_lora
 
 from unirl_stream.algorithms.advantages import group_advantages
 from unirl_stream.algorithms.config import AlgorithmConfig
-from unirl_stream.algorithms.losses import GRPO
+from unirl_stream.algorithms.losses import GRPO, DecoupledGRPO
 from unirl_stream.algorithms.train import train_on_batch
 
 
@@ -59,7 +59,7 @@ def test_proximal_once_then_updates_with_grad_and_version_bumps() -> None:
     policy.logprobs = spy
     cfg = AlgorithmConfig(micro_batch=2, updates_per_batch=2, clip_range=0.2, lr=1e-3)
     opt = torch.optim.AdamW(list(policy.trainable_parameters()), lr=cfg.lr)
-    stats = train_on_batch(policy, GRPO(cfg), opt, PROMPTS, batch, cfg)
+    stats = train_on_batch(policy, DecoupledGRPO(cfg), opt, PROMPTS, batch, cfg)
     # 2 no-grad proximal calls (2 micro-batches), then 2 updates x 2 micro-batches x K=2 steps.
     assert calls == [(False, 2)] * 2 + [(True, 2)] * 8
     assert policy.version == 1 and len(stats) == 2
@@ -69,6 +69,31 @@ def test_proximal_once_then_updates_with_grad_and_version_bumps() -> None:
     assert stats[1].ratio_max != stats[0].ratio_max  # the weights moved in between
     train_on_batch(policy, GRPO(cfg), opt, PROMPTS, batch, cfg, bump_version=False)
     assert policy.version == 1
+
+
+def test_grpo_runs_no_proximal_pass_and_reference_only_with_kl() -> None:
+    policy = build_policy(make_recipe("two_expert", num_inference_steps=4))
+    perturb_lora(policy, scale=0.1)
+    batch = _batch(policy)
+    no_grad = {"logprobs": 0, "ref_logprobs": 0}
+    for name in no_grad:
+        inner = getattr(policy, name)
+
+        def spy(prompts, td, columns=None, _inner=inner, _name=name):
+            no_grad[_name] += not torch.is_grad_enabled()
+            return _inner(prompts, td, columns)
+
+        setattr(policy, name, spy)
+    opt = torch.optim.SGD(list(policy.trainable_parameters()), lr=0.0)
+    cfg = AlgorithmConfig(micro_batch=2, updates_per_batch=2)
+    assert GRPO(cfg).needs == frozenset() and DecoupledGRPO(cfg).needs == {"proximal"}
+    train_on_batch(policy, GRPO(cfg), opt, PROMPTS, batch, cfg)
+    assert no_grad == {"logprobs": 0, "ref_logprobs": 0}
+    kl = AlgorithmConfig(micro_batch=2, updates_per_batch=1, kl_coef=0.1)
+    train_on_batch(policy, GRPO(kl), opt, PROMPTS, batch, kl)
+    assert no_grad == {"logprobs": 0, "ref_logprobs": 2}
+    train_on_batch(policy, DecoupledGRPO(kl), opt, PROMPTS, batch, kl)
+    assert no_grad == {"logprobs": 2, "ref_logprobs": 4}
 
 
 def test_kl_to_reference_and_input_errors() -> None:

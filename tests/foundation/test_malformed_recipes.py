@@ -62,6 +62,9 @@ CASES = [
     ("sync_with_staleness", "max_staleness = 1", 'max_staleness = 1\nmode = "sync"', [],
      "pipeline.max_staleness: sync mode is on-policy, expected 0, got 1"),
     ("bad_device", 'device = "cpu"', 'device = "gpu0"', [], "model.device: expected auto, cpu"),
+    ("grpo_with_bf16_producers", 'device = "cpu"', 'device = "cpu"\ndtype = "bfloat16"', [],
+     "algorithm.name: 'grpo' takes its ratio against the producers' log-probs, which bfloat16 producer "
+     "adapters (model.lora.producer_dtype = 'model') shift by rounding; use algorithm.name = 'decoupled_grpo'"),
     ("bad_run_name", 'name = "fixture"', 'name = "my run"', [], "run.name: expected str matching"),
     ("reward_not_array", "[[reward]]", "[reward]", [], "reward: expected array, got"),
     ("no_reward", "[[reward]]\nname = \"fixture_reward\"\nweight = 1.0\noptions = { value = 2.0 }", "",

@@ -52,7 +52,8 @@ class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class AlgorithmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = "grpo"
     """Objective plugin (entry point group ``unirl_stream.algorithms``): ``grpo`` or
-    ``decoupled_grpo`` (AReaL-style, for stale samples)."""
+    ``decoupled_grpo`` (AReaL-style: for stale samples, and whenever producers and trainer
+    differ in numerics, i.e. bf16 models with ``model.lora.producer_dtype = "model"``)."""
     lr: Annotated[float, Meta(gt=0)] = 3e-4
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)

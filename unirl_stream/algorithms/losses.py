@@ -10,6 +10,16 @@ DecoupledGRPO  (AReaL) r = exp(new - proximal), w = min(exp(proximal - behavior)
                When behaviour = proximal, w = 1 and r is GRPO's ratio: the same loss.
 KL to reference (optional, coefficient beta): + beta * mean(exp(ref - new) - (ref - new) - 1),
 the k3 estimator on the per-step (element-averaged) log-probs.
+
+Each objective declares in ``needs`` the no-grad replays it reads (``train_on_batch``
+computes nothing else): GRPO never reads the proximal log-probs; both read ``ref`` only
+when ``kl_coef > 0``.
+
+When producers and trainer differ in numerics (bf16 producer adapters, fp32 trainer
+masters), the behaviour log-probs carry a rounding gap even at staleness 0. GRPO's ratio is
+taken against them and a gap wider than ``clip_range`` clips every term; the decoupled
+objective takes its ratio against the trainer's own proximal replay and sees the gap only
+through the capped weight, so the validator requires it for bf16 producer adapters.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unirl_stream.algorithms.config import AlgorithmConfig
-from unirl_stream.api import LossStats
+from unirl_stream.api import LossStats, ObjectiveInput
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -64,9 +74,10 @@ class GRPO:
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
         self.cfg = cfg
+        self.needs: frozenset[ObjectiveInput] = frozenset({"ref"} if cfg.kl_coef > 0 else ())
 
     def __call__(
-        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor,
+        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor | None,
         advantages: torch.Tensor, ref: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LossStats]:
         return _surrogate(new, behavior, advantages, self.cfg.clip_range, None, ref, self.cfg.kl_coef)
@@ -79,13 +90,16 @@ class DecoupledGRPO:
 
     def __init__(self, cfg: AlgorithmConfig) -> None:
         self.cfg = cfg
+        self.needs: frozenset[ObjectiveInput] = frozenset({"proximal", "ref"} if cfg.kl_coef > 0 else {"proximal"})
 
     def __call__(
-        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor,
+        self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor | None,
         advantages: torch.Tensor, ref: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LossStats]:
         import torch
 
+        if proximal is None:
+            raise ValueError("decoupled_grpo: no proximal log-probs (train_on_batch reads `needs`)")
         w = torch.exp(proximal.detach() - behavior.detach())
         if self.cfg.behavior_weight_cap is not None:
             w = w.clamp(max=self.cfg.behavior_weight_cap)

@@ -2,8 +2,9 @@
 
 ``train_on_batch`` is what the pipeline's trainer stage (and the reference loop) call:
 
-1. proximal log-probs (current weights, no grad) once for the whole batch, and reference
-   log-probs (adapters disabled) once if ``kl_coef > 0`` — fixed for all updates;
+1. what the objective ``needs``, and nothing else: proximal log-probs (current weights, no
+   grad) and/or reference log-probs (adapters disabled), once for the whole batch — fixed
+   for all updates (``grpo`` reads neither unless ``kl_coef > 0``);
 2. ``updates_per_batch`` optimizer steps; each accumulates gradients over micro-batches of
    ``micro_batch`` samples and, when the policy supports it, over one scored step at a time
    (the loss is a mean over (sample, step) terms, so each chunk's loss is weighted by its
@@ -63,6 +64,10 @@ def batch_logprobs(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
 _SUMMED = ("loss", "clip_frac", "approx_kl", "ratio_mean", "kl_ref")
 
 
+def _part(x: torch.Tensor | None, rows: torch.Tensor, cols: list[int]) -> torch.Tensor | None:
+    return None if x is None else x[rows][:, cols]
+
+
 def _merge(parts: list[tuple[float, LossStats]], grad_norm: float, dp: DataParallel) -> LossStats:
     """Weighted means over every rank's terms (weights are global shares: they sum to 1)."""
     sums = dp.sum([sum(w * getattr(s, name) for w, s in parts) for name in _SUMMED])
@@ -95,26 +100,27 @@ def train_on_batch(
     if len(prompts) != B:
         raise ValueError(f"train_on_batch: {len(prompts)} prompts for {B} trajectories")
     total = int(dp.sum([float(B)])[0])  # the global batch: every rank weighs by it
-    behavior = batch["log_probs"].float()
-    adv = batch["advantage"].float().flatten()
-    proximal = batch_logprobs(policy, prompts, batch, cfg.micro_batch)
-    ref = batch_logprobs(policy, prompts, batch, cfg.micro_batch, ref=True) if cfg.kl_coef > 0 else None
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    # The batch lives on the host; each micro-batch goes to the model's device once per
+    # update, not once per scored step (a step replays only its own columns).
+    dev = params[0].device
+    behavior = batch["log_probs"].float().to(dev)
+    adv = batch["advantage"].float().flatten().to(dev)
+    needs = objective.needs
+    proximal = batch_logprobs(policy, prompts, batch, cfg.micro_batch) if "proximal" in needs else None
+    ref = batch_logprobs(policy, prompts, batch, cfg.micro_batch, ref=True) if "ref" in needs else None
     col_chunks = [[j] for j in range(K)] if per_step and _accepts_columns(policy) else [list(range(K))]
     history = []
     for update in range(cfg.updates_per_batch):
         optimizer.zero_grad(set_to_none=True)
         parts: list[tuple[float, LossStats]] = []
         for rows in _chunks(B, cfg.micro_batch):
-            mb_prompts, mb = [prompts[i] for i in rows], batch[rows]
+            mb_prompts, mb, r = [prompts[i] for i in rows], batch[rows].to(dev), torch.tensor(rows, device=dev)
             for cols in col_chunks:
                 kw = {"columns": cols} if len(col_chunks) > 1 else {}
                 new = policy.logprobs(mb_prompts, mb, **kw)
-                r, dev = torch.tensor(rows), new.device  # the batch stays on CPU; new is on the model's device
-                loss, stats = objective(
-                    new, behavior[r][:, cols].to(dev), proximal[r][:, cols].to(dev), adv[r].to(dev),
-                    None if ref is None else ref[r][:, cols].to(dev),
-                )
+                loss, stats = objective(new, behavior[r][:, cols], _part(proximal, r, cols),
+                                        adv[r], _part(ref, r, cols))
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
                 w = len(rows) * len(cols) / (total * K)

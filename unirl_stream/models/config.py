@@ -18,6 +18,11 @@ class LoraConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     experts: list[Literal["high", "low"]] = msgspec.field(default_factory=lambda: ["high", "low"])
     """Which experts get adapters: ``high`` = ``transformer`` (t >= boundary),
     ``low`` = ``transformer_2``. One-transformer models only have ``high``."""
+    producer_dtype: Literal["model", "float32"] = "model"
+    """Dtype rollout producers run the adapters in (producers never train; each weight load
+    rounds the trainer's fp32 masters into it): ``model`` = ``model.dtype`` (bf16 LoRA GEMMs,
+    no fp32 casts of activations), ``float32`` = the trainer's numerics. With ``model`` on a bf16
+    model, producer and trainer log-probs differ by rounding: use ``decoupled_grpo``."""
 
 
 class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -32,13 +37,21 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     boundary_ratio: Annotated[float, Meta(ge=0, le=1)] | None = None
     """Override the two-expert switch point (default: the checkpoint's model_index.json)."""
     max_sequence_length: Annotated[int, Meta(ge=1)] = 512
-    compile: bool = False
-    """torch.compile the transformer(s) (compile cost is paid once per process; inductor's
-    on-disk cache, ``TORCHINDUCTOR_CACHE_DIR``, makes later processes compile faster)."""
+    compile: Literal["auto", "regional", "full", "off"] = "auto"
+    """``regional``: diffusers' ``compile_repeated_blocks(fullgraph=True)``, i.e. one compiled
+    transformer block reused by all blocks, for rollout and replay (forward and backward);
+    ``full``: ``torch.compile`` of each whole transformer in ``compile_mode`` (minutes of
+    autotuning per process); ``auto``: ``regional`` on CUDA, ``off`` on other devices (on CPU
+    compiling costs more than it saves)."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
-    """torch.compile mode; the default measured 1.58x on a TI2V-5B step (FACTS.md)."""
+    """torch.compile mode of ``compile = "full"`` (regional compilation uses the default mode)."""
+    compile_cache: str | None = None
+    """Directory of the persistent compile cache (inductor's FX-graph, autograd and autotuning
+    caches and the Triton kernels; ``TORCHINDUCTOR_CACHE_DIR``), shared by every process of a
+    machine so the compile cost is paid once per machine. Default: torch's own
+    (``/tmp/torchinductor_<user>``). Relative paths are relative to the working directory."""
     gradient_checkpointing: bool = False
     lora: LoraConfig = msgspec.field(default_factory=LoraConfig)
     options: dict[str, object] = {}

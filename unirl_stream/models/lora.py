@@ -3,8 +3,10 @@
 Experts are named ``high`` (``transformer``, t >= boundary) and ``low`` (``transformer_2``).
 Exported weights are one safetensors blob holding every trained expert's peft state dict with
 keys prefixed ``<expert>.`` (diffusers' ``save_lora_weights`` only saves the first expert;
-FACTS.md). Adapter weights are kept in fp32 even under a bf16 model: AdamW updates of size
-lr * 1 on bf16 weights would round away (peft casts the input to the adapter's dtype).
+FACTS.md). A trainer keeps adapter weights in fp32 even under a bf16 model: AdamW updates of
+size lr * 1 on bf16 weights would round away (peft casts the input to the adapter's dtype). A
+producer, which never trains, keeps them in the model's dtype: the published fp32 weights are
+rounded once per load instead of every activation being cast to fp32 for two extra GEMMs.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ EXPERT_NAMES = ("high", "low")
 ADAPTER = "default"
 
 
-def add_lora(model: Any, cfg: LoraConfig, seed: int, expert: str) -> None:
-    """Add a LoRA adapter; its random init (A; B starts at 0) is seeded so every process that
-    builds the policy from the same recipe starts from identical weights."""
+def add_lora(model: Any, cfg: LoraConfig, seed: int, expert: str, dtype: torch.dtype | None = None) -> None:
+    """Add a LoRA adapter in ``dtype`` (default fp32); its random init (A; B starts at 0) is
+    seeded so every process that builds the policy from the same recipe starts from identical
+    weights (drawn in fp32, then cast)."""
     import torch
     from peft import LoraConfig as PeftLoraConfig
 
@@ -37,9 +40,10 @@ def add_lora(model: Any, cfg: LoraConfig, seed: int, expert: str) -> None:
     n = 0
     for name, p in model.named_parameters():
         is_lora = "lora_" in name
-        p.requires_grad_(is_lora)
+        trains = is_lora and (dtype is None or dtype == torch.float32)
+        p.requires_grad_(trains)
         if is_lora:
-            p.data = p.data.float()
+            p.data = p.data.to(dtype or torch.float32)
             n += 1
     if n == 0:
         raise ValueError(

@@ -44,7 +44,7 @@ class SyntheticPolicy:
         self.mu = torch.nn.Parameter(torch.zeros(cfg.steps, cfg.dim))
 
     @classmethod
-    def from_recipe(cls, recipe: Any, device: str | None = None) -> SyntheticPolicy:
+    def from_recipe(cls, recipe: Any, device: str | None = None, role: str = "trainer") -> SyntheticPolicy:
         return cls(msgspec.convert(recipe.model.options, SyntheticConfig), recipe.run.seed)
 
     @classmethod

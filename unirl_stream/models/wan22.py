@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -30,6 +30,7 @@ from unirl_stream.algorithms.selection import (
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models import loading
+from unirl_stream.models.compile import compile_experts
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from unirl_stream.recipe import Recipe
 
+Role = Literal["producer", "trainer"]
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -55,9 +57,9 @@ class Wan22Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     decode_batch: int = 1
     """Samples per VAE decode call (a 480x832x33 decode peaks near 21 GiB; tiny models: more)."""
     tf32: bool = True
-    """On CUDA, let fp32 matmuls use TF32 tensor cores. LoRA adapters are fp32 master weights
-    (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32 makes those
-    cheap. Producers and trainer set it alike, so rollout and replay see the same numerics."""
+    """On CUDA, let fp32 matmuls use TF32 tensor cores. The trainer's LoRA adapters are fp32
+    master weights (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32
+    makes those cheap (producers run them in ``model.lora.producer_dtype``)."""
 
 
 def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
@@ -126,11 +128,12 @@ class Wan22Policy:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_recipe(cls, recipe: Recipe, device: str | None = None) -> Wan22Policy:
+    def from_recipe(cls, recipe: Recipe, device: str | None = None, role: Role = "trainer") -> Wan22Policy:
         opts = msgspec.convert(recipe.model.options, Wan22Options)
-        return cls(recipe, device=device, options=opts)
+        return cls(recipe, device=device, options=opts, role=role)
 
-    def __init__(self, recipe: Recipe, device: str | None = None, options: Wan22Options | None = None) -> None:
+    def __init__(self, recipe: Recipe, device: str | None = None, options: Wan22Options | None = None,
+                 role: Role = "trainer") -> None:
         import torch
 
         self.check(recipe)
@@ -147,8 +150,11 @@ class Wan22Policy:
         self.components = c
         self.experts: list[Any] = c.transformers
         self.trained = {EXPERT_NAMES[i]: t for i, t in enumerate(self.experts) if EXPERT_NAMES[i] in m.lora.experts}
+        # A producer never trains: its adapters run in the inference dtype, and load_weights
+        # copies each published fp32 blob into them (rounding once per load, not per GEMM).
+        adapter_dtype = self.dtype if role == "producer" and m.lora.producer_dtype == "model" else torch.float32
         for name, model in self.trained.items():
-            add_lora(model, m.lora, recipe.run.seed, name)
+            add_lora(model, m.lora, recipe.run.seed, name, adapter_dtype)
         for mod in (c.text_encoder, c.vae, *self.experts):
             mod.eval()
             if mod not in self.trained.values():
@@ -159,8 +165,7 @@ class Wan22Policy:
             model.to(self.device)
             if m.gradient_checkpointing and model in self.trained.values():
                 model.enable_gradient_checkpointing()
-            if m.compile:
-                model.compile(mode=None if m.compile_mode == "default" else m.compile_mode)
+        self.compiled = compile_experts(self.experts, m, self.device.type)
         self.version = 0
         self.sigmas = sigma_grid(s.num_inference_steps, s.shift)
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2

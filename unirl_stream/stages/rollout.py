@@ -24,7 +24,7 @@ class RolloutStage(StageBase):
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
         policy_cls = registry.load("models", self.recipe.model.name)
-        self.policy: Any = policy_cls.from_recipe(self.recipe, device=ctx.device)
+        self.policy: Any = policy_cls.from_recipe(self.recipe, device=ctx.device, role="producer")
         self.store.declare(self.policy.field_specs())
         self.weights = CoordinatorWeights(ctx.control)
         self.held = -1
