@@ -10,15 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 from rich.console import Console
 
 from unirl_stream.monitor.panel import render
 from unirl_stream.monitor.setup import Monitoring
 from unirl_stream.monitor.snapshot import snapshot_from_row
-from unirl_stream.recipe import decode
-
 from unirl_stream.pipeline import driver, launch
+from unirl_stream.recipe import decode
 
 NUM = r"-?\d+(?:\.\d+)?"
 STEPS, ETA = 8, 1

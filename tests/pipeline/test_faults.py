@@ -50,7 +50,13 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def _tree(pid: int) -> list[tuple[int, float]]:
     root = psutil.Process(pid)
-    return [(p.pid, p.create_time()) for p in [root, *root.children(recursive=True)]]
+    out = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            out.append((p.pid, p.create_time()))
+        except psutil.NoSuchProcess:  # a short-lived child ended while we listed
+            continue
+    return out
 
 
 def _alive_keys(procs: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -229,11 +235,18 @@ def joined_cluster(tmp_path):
         time.sleep(0.2)
     assert address, log.read_text()[-2000:]
     yield address, head
-    procs = [psutil.Process(pid) for pid, _ in _alive_keys(_tree(head.pid))]
-    for p in procs:
-        p.terminate()
+    procs = []
+    for pid, _ in _alive_keys(_tree(head.pid)):
+        try:
+            procs.append(psutil.Process(pid))
+            procs[-1].terminate()
+        except psutil.NoSuchProcess:  # ended between the listing and the signal
+            continue
     for p in psutil.wait_procs(procs, timeout=10)[1]:
-        p.kill()
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
     head.wait(timeout=10)
     shutil.rmtree(temp, ignore_errors=True)
 

@@ -13,8 +13,6 @@ from .conftest import assert_exactly_once, ledger
 from .test_faults import _checkpoints, _cli, _recipe_file, _start, _wait_for
 
 
-
-
 def _rank_pid(run_dir, rank: int) -> int | None:
     """The process of trainer rank ``rank``: the one holding its spans file open."""
     target = str(run_dir / "spans" / f"trainer-{rank}.jsonl")
