@@ -30,8 +30,8 @@ import msgspec
 
 
 class DataParallel:
-    def __init__(self, rank: int = 0, world: int = 1, group: Any = None, device: str = "cpu") -> None:
-        self.rank, self.world, self.group = rank, world, group
+    def __init__(self, rank: int = 0, world: int = 1, device: str = "cpu") -> None:
+        self.rank, self.world = rank, world
         self.device = device  # where collective buffers live: NCCL needs them on the GPU
         self.sharded = False  # FSDP2 owns the parameters and reduces (averages) their gradients
 
@@ -61,7 +61,7 @@ class DataParallel:
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, group=self.group)
+        dist.all_reduce(t)
         return t.tolist()
 
     def max(self, values: list[float]) -> list[float]:
@@ -71,7 +71,7 @@ class DataParallel:
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.tolist()
 
     def sum_gradients(self, params: Iterable[Any]) -> None:
@@ -87,7 +87,7 @@ class DataParallel:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1).to(torch.float32) for p in params])
-        dist.all_reduce(flat, group=self.group)
+        dist.all_reduce(flat)
         offset = 0
         for p in params:
             n = p.grad.numel()
@@ -103,10 +103,10 @@ class DataParallel:
 
         data = msgspec.msgpack.encode(message) if self.leader else b""
         size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
-        dist.broadcast(size, src=0, group=self.group)
+        dist.broadcast(size, src=0)
         buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device) if self.leader
                else torch.empty(int(size.item()), dtype=torch.uint8, device=self.device))
-        dist.broadcast(buf, src=0, group=self.group)
+        dist.broadcast(buf, src=0)
         return msgspec.msgpack.decode(buf.cpu().numpy().tobytes())
 
     def close(self) -> None:

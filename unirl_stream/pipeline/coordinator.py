@@ -67,7 +67,6 @@ class Worker(msgspec.Struct):
 
     processed: int = 0
     last_progress: float = 0.0  # when ``processed`` last grew (or the worker first reported)
-    last_seen: float = 0.0
     pid: int = 0
     host: str = ""
 
@@ -225,7 +224,7 @@ class Coordinator:
             w = self._workers.setdefault(source, Worker(last_progress=now))
             if processed != w.processed:
                 w.processed, w.last_progress = processed, now
-            w.last_seen, w.pid, w.host = now, pid, host
+            w.pid, w.host = pid, host
             return self._stopping
 
     def workers(self) -> dict[str, Worker]:

@@ -21,8 +21,8 @@ from unirl_stream.recipe import Recipe
 from unirl_stream.stages.base import StageContext
 
 # (task, required fields, by_group) of the built-in stages; plugin stages register their own.
-SETTLE_S = 5.0  # how long a failed trainer group's other ranks may take to report
 TASKS = (("reward", ("media",), False), ("advantage", ("reward",), True))
+SETTLE_S = 5.0  # how long a failed trainer group's other ranks may take to report
 
 
 class Run:
