@@ -50,6 +50,8 @@ def _check_weights(recipe: Recipe, where: str, strict: bool) -> list[str]:
     except UserInputError as e:
         text = str(e)
         # Plugins may name the key themselves ("model.path: ..."); otherwise it is the path.
+        if text.startswith("sampling."):  # a geometry the model refuses: an error, weights or not
+            raise UserInputError(f"{where}: {text}") from None
         if not re.match(r"^model(\.[A-Za-z0-9_\[\]]+)*: ", text):
             text = f"model.path: {text}"
         if strict:
