@@ -211,7 +211,7 @@ def replay_rows(policy: Any, rows: Rows, base: dict[str, Any], a: argparse.Names
 
     prompts = [Prompt(id="gpu:0", text="a red fox running through snow")]
     td = policy.rollout(prompts, [7])
-    gap = float((policy.logprobs(prompts, td).detach() - td["log_probs"]).abs().max())
+    gap = float((policy.logprobs(prompts, td).detach().cpu() - td["log_probs"]).abs().max())
 
     def step() -> None:
         policy.logprobs(prompts, td).sum().backward()

@@ -57,7 +57,8 @@ Cond = Any  # torch.Tensor | dict[str, torch.Tensor], prompts on dim 0
 
 class FlowOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     text_cache_size: int = 64
-    """Prompt embeddings kept per process (LRU by prompt id); UMT5-XXL: ~4 MiB each in bf16."""
+    """Prompt embeddings kept per process (LRU by prompt id); a UMT5-XXL or T5-XXL embedding
+    is ~4 MiB in bf16."""
     vae_dtype: str | None = None
     """VAE dtype (default: model.dtype)."""
     decode_batch: int = 1
@@ -157,6 +158,7 @@ class FlowPolicy:
 
     Config: ClassVar[type[FlowOptions]] = FlowOptions
     family: ClassVar[str] = "flow"
+    card: ClassVar[dict[str, str]]  # docs/models.md row: see models/zoo.py's columns
 
     # ------------------------------------------------------------------ plugin hooks
     @classmethod

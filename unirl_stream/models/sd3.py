@@ -42,6 +42,14 @@ class SD3Policy(FlowPolicy):
     """api.Policy for SD3/SD3.5 diffusers checkpoints (``StableDiffusion3Pipeline`` layout)."""
 
     family = "sd3"
+    card = {
+        "layouts": "SD3 / SD3.5 (MMDiT, 16-channel VAE x8, patch 2; SD3.5's dual attention; "
+                   "`tiny:sd3`)",
+        "text encoders": "CLIP-L + CLIP-G (pooled and penultimate states) + T5-XXL",
+        "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "`",
+        "schedule": "static shift (SD3.5: 3)",
+        "recipe": "`sd3_flowgrpo_pickscore.toml`, `quickstart_image.toml`",
+    }
 
     @classmethod
     def configs(cls, spec: str) -> dict[str, Any]:

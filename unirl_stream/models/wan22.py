@@ -68,6 +68,15 @@ class Wan22Policy(FlowPolicy):
 
     Config = Wan22Options
     family = "wan22"
+    card = {
+        "layouts": "Wan2.2 T2V-A14B (two experts, boundary 0.875; `tiny:two_expert`), TI2V-5B "
+                   "(48 channels, a timestep per token; `tiny:ti2v`), Wan2.1 (one transformer, 16 "
+                   "channels; `tiny:wan21`)",
+        "text encoders": "UMT5-XXL",
+        "LoRA targets": "`to_q, to_k, to_v, to_out.0` (self- and cross-attention), per expert",
+        "schedule": "static shift (recipe: 5)",
+        "recipe": "`wan22_dancegrpo.toml`, `quickstart.toml`",
+    }
     _pipe: Any = None  # the WanPipeline view, built on first use
 
     # ------------------------------------------------------------------ validation
