@@ -35,7 +35,8 @@ from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import sigma_grid
 from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, select_steps
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
-from unirl_stream.api import FieldSpec, Prompt, UserInputError
+from unirl_stream.api import FieldSpec, Prompt
+from unirl_stream.models.checks import check_common
 from unirl_stream.models.compile import compile_experts
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
@@ -67,47 +68,6 @@ class FlowOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """On CUDA, let fp32 matmuls use TF32 tensor cores. The trainer's LoRA adapters are fp32
     master weights (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32
     makes those cheap (producers run them in ``model.lora.producer_dtype``)."""
-
-
-# ----------------------------------------------------------------------------- checks
-def check_frames(num_frames: int, temporal: int | None, family: str) -> None:
-    """Image models (``temporal`` None) take exactly one frame; video VAEs need tk+1."""
-    if temporal is None:
-        if num_frames != 1:
-            raise UserInputError(
-                f"sampling.num_frames: {family} generates images, expected 1, got {num_frames}; "
-                f"set sampling.num_frames = 1"
-            )
-    elif (num_frames - 1) % temporal:
-        raise UserInputError(
-            f"sampling.num_frames: expected {temporal}k+1 ({family}'s VAE compresses time by "
-            f"{temporal}), got {num_frames}; try {((num_frames - 1) // temporal) * temporal + 1}"
-        )
-
-
-def check_geometry(height: int, width: int, spatial: int, patch: tuple[int, int]) -> None:
-    """Pixel sizes must be multiples of the VAE's spatial factor times the patch size."""
-    mh, mw = spatial * patch[0], spatial * patch[1]
-    for field, value, mult in (("height", height, mh), ("width", width, mw)):
-        if value % mult:
-            raise UserInputError(
-                f"sampling.{field}: sampling.height/width {height}x{width} must be multiples of "
-                f"{mh}x{mw} for this model (VAE x{spatial}, patch {patch[0]}x{patch[1]}); "
-                f"try {max(mult, value // mult * mult)}"
-            )
-
-
-def check_common(recipe: Recipe, family: str) -> None:
-    """What every flow plugin requires: LoRA on, SDE steps selected, eta > 0."""
-    m, s = recipe.model, recipe.sampling
-    if not m.lora.enabled:
-        raise UserInputError(f"model.lora.enabled = false: {family} trains LoRA adapters only")
-    try:
-        num_sde_steps(s.sde, s.num_inference_steps)
-    except ValueError as e:
-        raise UserInputError(str(e)) from None
-    if s.eta <= 0:
-        raise UserInputError(f"sampling.eta must be > 0 for SDE steps, got {s.eta}")
 
 
 @dataclass
@@ -298,9 +258,13 @@ class FlowPolicy:
             neg = _expand(self._negative(), len(rows))
             out = self._forward(expert, torch.cat([xin, xin]), torch.cat([t, t]), _cat(c, neg)).float()
             cond_v, uncond_v = out.chunk(2)
-            return uncond_v + g * (cond_v - uncond_v)
+            return self._guide(cond_v, uncond_v, g)
 
         return velocity
+
+    def _guide(self, cond_v: torch.Tensor, uncond_v: torch.Tensor, g: float) -> torch.Tensor:
+        """Classifier-free guidance (models with their own rule override this)."""
+        return uncond_v + g * (cond_v - uncond_v)
 
     @contextmanager
     def _adapters_disabled(self) -> Iterator[None]:

@@ -18,30 +18,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from unirl_stream.models import loading
-from unirl_stream.models.flow import Cond, FlowPolicy, Loaded, check_frames, check_geometry
-from unirl_stream.models.tiny import TINY_PREFIX, tiny_config, tiny_layout
+from unirl_stream.models.flow import Cond
+from unirl_stream.models.pipeline_policy import PipelinePolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from unirl_stream.recipe import Recipe
 
-HUB_REPO = "stabilityai/stable-diffusion-3.5-medium"
 COMPONENTS = ("tokenizer", "tokenizer_2", "tokenizer_3", "text_encoder", "text_encoder_2",
               "text_encoder_3", "vae", "transformer", "scheduler")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
-def vae_scale(vae_cfg: dict[str, Any]) -> int:
-    """Spatial factor of an ``AutoencoderKL``: x2 per resolution level after the first."""
-    return 2 ** (len(vae_cfg.get("block_out_channels") or [0] * 4) - 1)
-
-
-class SD3Policy(FlowPolicy):
+class SD3Policy(PipelinePolicy):
     """api.Policy for SD3/SD3.5 diffusers checkpoints (``StableDiffusion3Pipeline`` layout)."""
 
-    family = "sd3"
+    family = "SD3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    folders = COMPONENTS
+    hub_repo = "stabilityai/stable-diffusion-3.5-medium"
     card = {
         "layouts": "SD3 / SD3.5 (MMDiT, 16-channel VAE x8, patch 2; SD3.5's dual attention; "
                    "`tiny:sd3`)",
@@ -52,59 +47,15 @@ class SD3Policy(FlowPolicy):
     }
 
     @classmethod
-    def configs(cls, spec: str) -> dict[str, Any]:
-        """Transformer and VAE configs without torch (tiny: from the builder's config)."""
-        if spec.startswith(TINY_PREFIX):
-            try:
-                cfg = tiny_config(tiny_layout(spec))
-            except ValueError as e:
-                raise loading.UserInputError(str(e)) from None
-            return {"transformer": cfg["transformer"], "vae": cfg["vae"]}
-        path = loading.locate(spec, COMPONENTS, "SD3", HUB_REPO)
-        assert path is not None
-        return loading.read_configs(path, ("transformer", "vae"))
-
-    @classmethod
-    def check_model(cls, recipe: Recipe) -> None:
-        s = recipe.sampling
-        check_frames(s.num_frames, None, "SD3")
-        cfgs = cls.configs(recipe.model.path)
-        if "high" not in recipe.model.lora.experts:
-            raise loading.UserInputError(
-                f"model.lora.experts = {recipe.model.lora.experts}: SD3 has one transformer ('high')")
-        patch = int(cfgs["transformer"].get("patch_size", 2))
-        check_geometry(s.height, s.width, vae_scale(cfgs["vae"]), (patch, patch))
-
-    # ------------------------------------------------------------------ construction
-    def _load(self, dtype: torch.dtype, vae_dtype: torch.dtype) -> Any:
-        from diffusers import StableDiffusion3Pipeline
-
-        path = loading.folder(self.recipe.model.path, COMPONENTS, "SD3", HUB_REPO)
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
-        if vae_dtype != dtype:
-            pipe.vae.to(vae_dtype)
-        pipe.set_progress_bar_config(disable=True)
-        return Loaded(path=path, pipe=pipe, vae=pipe.vae, transformers=[pipe.transformer])
-
-    def _frozen_modules(self) -> list[Any]:
-        p = self.components.pipe
-        return [m for m in (p.text_encoder, p.text_encoder_2, p.text_encoder_3, p.vae) if m is not None]
-
-    @property
-    def pipeline(self) -> Any:
-        """The loaded ``StableDiffusion3Pipeline`` (its transformer carries our adapter)."""
-        return self.components.pipe
+    def vae_spatial(cls, vae_cfg: dict[str, Any]) -> int:
+        """``AutoencoderKL``: x2 per resolution level after the first."""
+        return 2 ** (len(vae_cfg.get("block_out_channels") or [0] * 4) - 1)
 
     # ------------------------------------------------------------------ geometry
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         s, sp = self.recipe.sampling, self.pipeline.vae_scale_factor
         return (int(self.experts[0].config.in_channels), s.height // sp, s.width // sp)
-
-    @property
-    def media_shape(self) -> tuple[int, int, int, int]:
-        s = self.recipe.sampling
-        return (1, s.height, s.width, 3)
 
     # ------------------------------------------------------------------ model
     def _encode(self, texts: list[str]) -> Cond:

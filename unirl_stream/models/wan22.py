@@ -19,7 +19,8 @@ from unirl_stream.algorithms.schedule import expert_of_steps, sigma_grid
 from unirl_stream.algorithms.selection import reachable_steps
 from unirl_stream.api import UserInputError
 from unirl_stream.models import loading
-from unirl_stream.models.flow import Cond, FlowOptions, FlowPolicy, check_frames, check_geometry
+from unirl_stream.models.checks import check_frames, check_geometry
+from unirl_stream.models.flow import Cond, FlowOptions, FlowPolicy
 from unirl_stream.models.lora import EXPERT_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
