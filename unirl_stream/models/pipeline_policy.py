@@ -42,16 +42,18 @@ class PipelinePolicy(FlowPolicy):
 
     @classmethod
     def configs(cls, spec: str) -> dict[str, Any]:
-        """Transformer and VAE configs without torch (tiny: the builder's config)."""
+        """model_index, transformer, VAE and scheduler configs without torch (tiny: the
+        builder's config)."""
         if spec.startswith(TINY_PREFIX):
             try:
                 cfg = tiny_config(tiny_layout(spec))
             except ValueError as e:
                 raise UserInputError(str(e)) from None
-            return {"transformer": cfg["transformer"], "vae": cfg["vae"], "scheduler": cfg["scheduler"]}
+            return {"index": cfg.get("index", {}), "transformer": cfg["transformer"], "vae": cfg["vae"],
+                    "scheduler": cfg["scheduler"]}
         path = loading.locate(spec, cls.folders, cls.family, cls.hub_repo)
         assert path is not None
-        cfgs = loading.read_configs(path, ("transformer", "vae"))
+        cfgs = {"index": loading.model_index(path), **loading.read_configs(path, ("transformer", "vae"))}
         sched = path / "scheduler" / "scheduler_config.json"
         cfgs["scheduler"] = json.loads(sched.read_text(encoding="utf-8")) if sched.is_file() else {}
         return cfgs

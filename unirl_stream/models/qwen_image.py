@@ -47,6 +47,7 @@ class QwenImagePolicy(PipelinePolicy):
         "text encoders": "Qwen2.5-VL (chat template, last hidden states, masked)",
         "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "`",
         "schedule": "dynamic shift: mu from (H/16)(W/16) tokens, exponential, shift_terminal 0.02",
+        "learning test": "brightness, 3 seeds, gain 1.05-5.1 sample std (32 rounds)",
         "recipe": "`qwen_image_ocr.toml`",
     }
 

@@ -28,3 +28,17 @@ def dynamic_sigmas(scheduler_cfg: dict[str, Any], num_steps: int, mu: float) -> 
     if len(sig) != num_steps + 1 or sig[-1] != 0.0:
         raise ValueError(f"unexpected dynamic-shift schedule {sig} for {num_steps} steps")
     return sig
+
+
+def flux2_mu(seq_len: int, num_steps: int) -> float:
+    """FLUX.2's empirical mu (diffusers' ``Flux2KleinPipeline``): two lines in the image token
+    count, fitted at 10 and 200 steps, interpolated linearly in the step count; above 4300
+    tokens the 200-step line alone."""
+    a1, b1 = 8.73809524e-05, 1.89833333
+    a2, b2 = 0.00016927, 0.45666666
+    m200 = a2 * seq_len + b2
+    if seq_len > 4300:
+        return float(m200)
+    m10 = a1 * seq_len + b1
+    slope = (m200 - m10) / 190.0
+    return float(slope * num_steps + m200 - 200.0 * slope)

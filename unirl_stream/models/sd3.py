@@ -43,6 +43,7 @@ class SD3Policy(PipelinePolicy):
         "text encoders": "CLIP-L + CLIP-G (pooled and penultimate states) + T5-XXL",
         "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "`",
         "schedule": "static shift (SD3.5: 3)",
+        "learning test": "brightness, 3 seeds, gain 3.8-9.9 sample std; quickstart_image through Ray",
         "recipe": "`sd3_flowgrpo_pickscore.toml`, `quickstart_image.toml`",
     }
 

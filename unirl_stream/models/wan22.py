@@ -76,6 +76,7 @@ class Wan22Policy(FlowPolicy):
         "text encoders": "UMT5-XXL",
         "LoRA targets": "`to_q, to_k, to_v, to_out.0` (self- and cross-attention), per expert",
         "schedule": "static shift (recipe: 5)",
+        "learning test": "brightness, 3 seeds (tests/core/test_reference_loop.py); quickstart through Ray",
         "recipe": "`wan22_dancegrpo.toml`, `quickstart.toml`",
     }
     _pipe: Any = None  # the WanPipeline view, built on first use

@@ -41,6 +41,7 @@ class ZImagePolicy(PipelinePolicy):
         "text encoders": "Qwen3 (chat template, second-to-last hidden states, real tokens only)",
         "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "`",
         "schedule": "static shift (Z-Image: 3); our guidance g = the pipeline's s + 1",
+        "learning test": "brightness, 3 seeds, gain 1.6-4.7 sample std (2 steps)",
         "recipe": "`z_image_flowgrpo.toml`",
     }
 
