@@ -25,15 +25,7 @@ import msgspec
 
 from unirl_stream.api import StoreError
 from unirl_stream.storage import codec
-from unirl_stream.storage.base import (
-    IndexedStore,
-    LocalLink,
-    Located,
-    Plane,
-    RayLink,
-    columns_of,
-    decode_options,
-)
+from unirl_stream.storage.base import IndexedStore, LocalLink, Located, Plane, RayLink, columns_of
 from unirl_stream.storage.codec import FieldInfo, describe_ids
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -178,6 +170,8 @@ class MemoryStore(IndexedStore):
 
     @classmethod
     def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> MemoryStore:
+        from unirl_stream.storage.base import decode_options
+
         opts = decode_options(cls.Config, options)
         budget = int(cfg.budget_mb * 2**20)
         if not use_ray:

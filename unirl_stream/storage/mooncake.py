@@ -21,15 +21,7 @@ import msgspec
 
 from unirl_stream.api import StoreError
 from unirl_stream.storage import codec
-from unirl_stream.storage.base import (
-    IndexedStore,
-    LocalLink,
-    Located,
-    Plane,
-    RayLink,
-    columns_of,
-    decode_options,
-)
+from unirl_stream.storage.base import IndexedStore, LocalLink, Located, Plane, RayLink, columns_of
 from unirl_stream.storage.codec import FieldInfo
 from unirl_stream.storage.mooncake_client import (
     ClientSettings,
@@ -181,6 +173,8 @@ class MooncakeStore(IndexedStore):
 
     @classmethod
     def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> MooncakeStore:
+        from unirl_stream.storage.base import decode_options
+
         opts = decode_options(cls.Config, options)
         budget = int(cfg.budget_mb * 2**20)
         segment = int((opts.segment_mb or cfg.budget_mb * 1.25 + 64) * 2**20)
