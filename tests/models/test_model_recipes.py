@@ -8,12 +8,13 @@ from pathlib import Path
 from unirl_stream.data import load_prompts
 from unirl_stream.models.sd3 import LORA_TARGETS
 from unirl_stream.recipe import load
+from unirl_stream.validate import load_checked
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def test_sd3_recipe_mirrors_the_reference_flowgrpo_setup() -> None:
-    r = load(RECIPES / "sd3_flowgrpo_pickscore.toml", check=False)
+    r = load(RECIPES / "sd3_flowgrpo_pickscore.toml")
     assert (r.model.name, r.model.path, r.model.dtype) == ("sd3", "stabilityai/stable-diffusion-3.5-medium", "bfloat16")
     s = r.sampling
     assert (s.height, s.width, s.num_frames, s.num_inference_steps, s.shift, s.eta) == (512, 512, 1, 10, 3.0, 0.7)
@@ -29,7 +30,7 @@ def test_sd3_recipe_mirrors_the_reference_flowgrpo_setup() -> None:
 
 
 def test_quickstart_image_is_the_tiny_cpu_sd3() -> None:
-    r = load(RECIPES / "quickstart_image.toml")  # full check: the tiny model needs no download
+    r = load_checked(RECIPES / "quickstart_image.toml")[0]  # full check: the tiny model needs no download
     assert (r.model.name, r.model.path, r.model.dtype, r.model.device) == ("sd3", "tiny:sd3", "float32", "cpu")
     assert (r.sampling.height, r.sampling.num_frames, r.sampling.guidance_scale) == (32, 1, 1.0)
     assert r.pipeline.backend != "local" and r.pipeline.max_staleness == 1

@@ -32,7 +32,7 @@ def check_geometry(height: int, width: int, spatial: int, patch: tuple[int, int]
     for field, value, mult in (("height", height, mh), ("width", width, mw)):
         if value % mult:
             raise UserInputError(
-                f"sampling.{field}: sampling.height/width {height}x{width} must be multiples of "
+                f"sampling.{field}: {height}x{width} (height x width) must be multiples of "
                 f"{mh}x{mw} for this model (VAE x{spatial}, patch {patch[0]}x{patch[1]}); "
                 f"try {max(mult, value // mult * mult)}"
             )
@@ -48,4 +48,4 @@ def check_common(recipe: Recipe, family: str) -> None:
     except ValueError as e:
         raise UserInputError(str(e)) from None
     if s.eta <= 0:
-        raise UserInputError(f"sampling.eta must be > 0 for SDE steps, got {s.eta}")
+        raise UserInputError(f"sampling.eta: must be > 0 for SDE steps, got {s.eta}")

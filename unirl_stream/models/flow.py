@@ -177,7 +177,6 @@ class FlowPolicy:
                  role: Role = "trainer") -> None:
         import torch
 
-        self.check(recipe)
         self.recipe = recipe
         self.options = options or self.Config()
         m, s = recipe.model, recipe.sampling
@@ -204,7 +203,6 @@ class FlowPolicy:
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
         self.compiled = compile_experts(self.experts, m, self.device.type)
-        self.version = 0
         self.sigmas = self._sigmas()
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
         self.guidance = [s.guidance_scale, g2][: len(self.experts)]
@@ -301,14 +299,16 @@ class FlowPolicy:
         return torch.cat(out)
 
     # ------------------------------------------------------------------ api.Policy
-    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> TensorDict:
+    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> TensorDict:
+        """One trajectory per (prompt, seed) with the current weights, which are policy
+        ``version`` (it places MixGRPO's window), no grad."""
         import torch
         from tensordict import TensorDict
 
         if len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"rollout: {len(prompts)} prompts and {len(seeds)} seeds")
         n = self.recipe.sampling.num_inference_steps
-        steps = [select_steps(self.recipe.sampling.sde, n, int(s), self.version) for s in seeds]
+        steps = [select_steps(self.recipe.sampling.sde, n, int(s), version) for s in seeds]
         with torch.no_grad():
             cond = self.embed(prompts)
             res = sample(self._velocity_fn(cond), self.spec, [int(s) for s in seeds], steps,
@@ -319,9 +319,7 @@ class FlowPolicy:
             "seed": torch.tensor([int(s) for s in seeds], dtype=torch.int64),
             "sigmas": res.sigmas, "timesteps": res.timesteps, "sde_steps": res.sde_steps,
             "experts": res.experts, "latent_steps": res.latent_steps, "latents": res.latents,
-            "log_probs": res.log_probs,
-            "behavior_version": torch.full((B,), self.version, dtype=torch.int64),
-            "media": media,
+            "log_probs": res.log_probs, "media": media,
         }
         return TensorDict({k: v.cpu() for k, v in fields.items()}, batch_size=[B])
 
@@ -354,9 +352,8 @@ class FlowPolicy:
     def export_weights(self) -> bytes:
         return export_lora(self.trained)
 
-    def load_weights(self, blob: bytes, version: int) -> None:
+    def load_weights(self, blob: bytes) -> None:
         import torch
 
         with torch.no_grad():
             import_lora(blob, self.trained)
-        self.version = int(version)

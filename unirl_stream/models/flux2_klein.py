@@ -42,6 +42,7 @@ class Flux2KleinPolicy(PipelinePolicy):
     pipeline_class = "Flux2KleinPipeline"
     folders = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
     hub_repo = "black-forest-labs/FLUX.2-klein-4B"
+    tiny = "flux2_klein"
     card = {
         "layouts": "FLUX.2-klein (double + single-stream DiT, 32-channel VAE x8 with batch-norm "
                    "statistics, 2x2 patchified to 128; `tiny:flux2_klein`)",

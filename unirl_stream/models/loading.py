@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import UserInputError
-from unirl_stream.models.tiny import TINY_PREFIX, resolve_model_path, tiny_config, tiny_layout
+from unirl_stream.api import MissingWeightsError, UserInputError
+from unirl_stream.models.tiny import (
+    TINY_PREFIX,
+    WAN_LAYOUTS,
+    resolve_model_path,
+    tiny_config,
+    tiny_layout,
+)
 
 REQUIRED = ("tokenizer", "text_encoder", "vae", "transformer")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -46,7 +52,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # not in the local cache (or no hub library): say how to get it
-        raise UserInputError(
+        raise MissingWeightsError(
             f"{repo_id}: not a local folder and not in the local Hugging Face cache "
             f"({type(e).__name__}); {download_hint(repo_id, None)}, or set model.path to a local "
             f"diffusers folder"
@@ -95,10 +101,10 @@ def locate(spec: str, required: tuple[str, ...] = REQUIRED, family: str = "Wan2.
     if not path.exists() and _HUB_ID.match(spec):
         path = _hub_snapshot(spec)
     elif not path.exists():
-        raise UserInputError(f"{path}: model folder not found; {download_hint(spec, path, repo)}")
+        raise MissingWeightsError(f"{path}: model folder not found; {download_hint(spec, path, repo)}")
     missing = missing_components(path, required)
     if missing:
-        raise UserInputError(
+        raise MissingWeightsError(
             f"{path}: not a complete {family} diffusers folder, missing {', '.join(missing)}; "
             f"{download_hint(spec, path, repo)}"
         )
@@ -130,9 +136,13 @@ def component_configs(spec: str) -> dict[str, Any]:
     """model_index + the transformer and VAE config dicts, without torch (for checks)."""
     if spec.startswith(TINY_PREFIX):
         try:
-            cfg = tiny_config(tiny_layout(spec))
+            layout = tiny_layout(spec)
         except ValueError as e:
             raise UserInputError(str(e)) from None
+        if layout not in WAN_LAYOUTS:
+            raise UserInputError(f"model.path: {spec} is not a Wan model; the Wan tiny models are "
+                                 f"{', '.join('tiny:' + x for x in WAN_LAYOUTS)} (or set model.name to the plugin of {spec})")
+        cfg = tiny_config(layout)
         index = {"boundary_ratio": cfg["boundary_ratio"], "expand_timesteps": cfg["expand_timesteps"],
                  "transformer_2": ["diffusers", "x"] if cfg["transformer_2"] else [None, None]}
         return {"index": index, "transformer": cfg["transformer"], "vae": cfg["vae"]}

@@ -30,6 +30,7 @@ class PipelinePolicy(FlowPolicy):
     folders: ClassVar[tuple[str, ...]]  # subfolders a complete checkpoint has
     hub_repo: ClassVar[str]  # the checkpoint the download hint names
     temporal: ClassVar[int | None] = None  # video VAE's time factor; None: an image model
+    tiny: ClassVar[str]  # its tiny layout, ``tiny:<tiny>``
 
     @classmethod
     def vae_spatial(cls, vae_cfg: dict[str, Any]) -> int:
@@ -46,9 +47,13 @@ class PipelinePolicy(FlowPolicy):
         builder's config)."""
         if spec.startswith(TINY_PREFIX):
             try:
-                cfg = tiny_config(tiny_layout(spec))
+                layout = tiny_layout(spec)
             except ValueError as e:
                 raise UserInputError(str(e)) from None
+            if layout != cls.tiny:
+                raise UserInputError(f"model.path: {spec} is not a {cls.family} model; its tiny model is "
+                                     f"tiny:{cls.tiny} (or set model.name to the plugin of {spec})")
+            cfg = tiny_config(layout)
             return {"index": cfg.get("index", {}), "transformer": cfg["transformer"], "vae": cfg["vae"],
                     "scheduler": cfg["scheduler"]}
         path = loading.locate(spec, cls.folders, cls.family, cls.hub_repo)

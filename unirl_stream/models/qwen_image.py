@@ -42,6 +42,7 @@ class QwenImagePolicy(PipelinePolicy):
     pipeline_class = "QwenImagePipeline"
     folders = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
     hub_repo = "Qwen/Qwen-Image"
+    tiny = "qwen_image"
     card = {
         "layouts": "Qwen-Image (MMDiT, 16-channel VAE x8, 2x2 packed latents; `tiny:qwen_image`)",
         "text encoders": "Qwen2.5-VL (chat template, last hidden states, masked)",

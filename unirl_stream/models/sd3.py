@@ -37,6 +37,7 @@ class SD3Policy(PipelinePolicy):
     pipeline_class = "StableDiffusion3Pipeline"
     folders = COMPONENTS
     hub_repo = "stabilityai/stable-diffusion-3.5-medium"
+    tiny = "sd3"
     card = {
         "layouts": "SD3 / SD3.5 (MMDiT, 16-channel VAE x8, patch 2; SD3.5's dual attention; "
                    "`tiny:sd3`)",

@@ -35,6 +35,7 @@ class ZImagePolicy(PipelinePolicy):
     pipeline_class = "ZImagePipeline"
     folders = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
     hub_repo = "Tongyi-MAI/Z-Image-Turbo"
+    tiny = "z_image"
     card = {
         "layouts": "Z-Image (single-stream DiT with refiner blocks, FLUX-style 16-channel VAE x8, "
                    "patch 2; `tiny:z_image`)",
