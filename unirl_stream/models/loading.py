@@ -1,4 +1,4 @@
-"""Finding and loading Wan2.2 diffusers checkpoints.
+"""Finding diffusers checkpoints (every model plugin) and loading Wan2.2's.
 
 ``model.path`` is one of: a local diffusers folder; a hub id, resolved from the local Hugging
 Face cache only (nothing is ever downloaded by a run); or ``tiny:<layout>``, the built-in tiny
@@ -18,17 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from unirl_stream.api import MissingWeightsError, UserInputError
-from unirl_stream.models.tiny import TINY_PREFIX, resolve_model_path, tiny_config, tiny_layout
+from unirl_stream.models.tiny import (
+    TINY_PREFIX,
+    WAN_LAYOUTS,
+    resolve_model_path,
+    tiny_config,
+    tiny_layout,
+)
 
 REQUIRED = ("tokenizer", "text_encoder", "vae", "transformer")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
-def download_hint(spec: str, local_dir: Path | None) -> str:
-    """How to get the weights: a ``huggingface-cli download`` line for the matching repo."""
+def download_hint(spec: str, local_dir: Path | None, repo: str | None = None) -> str:
+    """How to get the weights: a ``huggingface-cli download`` line for the matching repo
+    (``repo``: the plugin's default checkpoint; Wan2.2's is guessed from the folder name)."""
     if _HUB_ID.match(spec) and local_dir is None:
         repo = spec
+    elif repo is not None:
+        pass
     elif "ti2v" in spec.lower() or "5b" in spec.lower():
         repo = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     else:
@@ -65,23 +74,26 @@ def _present(index: dict[str, Any], name: str) -> bool:
     return isinstance(val, list) and len(val) == 2 and val[0] is not None
 
 
-def missing_components(path: Path) -> list[str]:
-    """Paths (relative to ``path``) a loadable Wan2.2 diffusers folder needs but lacks."""
+def missing_components(path: Path, required: tuple[str, ...] = REQUIRED) -> list[str]:
+    """Paths (relative to ``path``) a loadable diffusers folder needs but lacks: every folder
+    of ``required`` and ``transformer_2`` when the index names one (tokenizers and schedulers
+    hold no weights)."""
     if not (path / "model_index.json").is_file():
-        return ["model_index.json", *[c + "/" for c in REQUIRED if not (path / c).is_dir()]]
+        return ["model_index.json", *[c + "/" for c in required if not (path / c).is_dir()]]
     index = model_index(path)
-    wanted = list(REQUIRED) + (["transformer_2"] if _present(index, "transformer_2") else [])
+    wanted = list(required) + (["transformer_2"] if _present(index, "transformer_2") else [])
     missing = []
     for comp in wanted:
         folder = path / comp
         if not folder.is_dir() or not any(folder.iterdir()):
             missing.append(comp + "/")
-        elif comp != "tokenizer" and not any(any(folder.glob(p)) for p in _WEIGHTS):
+        elif not comp.startswith(("tokenizer", "scheduler")) and not any(any(folder.glob(p)) for p in _WEIGHTS):
             missing.append(f"{comp}/ weights (*.safetensors)")
     return missing
 
 
-def locate(spec: str) -> Path | None:
+def locate(spec: str, required: tuple[str, ...] = REQUIRED, family: str = "Wan2.2",
+           repo: str | None = None) -> Path | None:
     """The local folder of a non-tiny ``spec`` (cheap; raises UserInputError if absent)."""
     if spec.startswith(TINY_PREFIX):
         return None
@@ -89,35 +101,54 @@ def locate(spec: str) -> Path | None:
     if not path.exists() and _HUB_ID.match(spec):
         path = _hub_snapshot(spec)
     elif not path.exists():
-        raise MissingWeightsError(f"{path}: model folder not found; {download_hint(spec, path)}")
-    missing = missing_components(path)
+        raise MissingWeightsError(f"{path}: model folder not found; {download_hint(spec, path, repo)}")
+    missing = missing_components(path, required)
     if missing:
         raise MissingWeightsError(
-            f"{path}: not a complete Wan2.2 diffusers folder, missing {', '.join(missing)}; "
-            f"{download_hint(spec, path)}"
+            f"{path}: not a complete {family} diffusers folder, missing {', '.join(missing)}; "
+            f"{download_hint(spec, path, repo)}"
         )
     return path
+
+
+def folder(spec: str, required: tuple[str, ...], family: str, repo: str) -> Path:
+    """A loadable local folder for ``spec``: ``tiny:<layout>`` built into the cache, or
+    ``locate``'s folder (local path or cached hub snapshot)."""
+    if spec.startswith(TINY_PREFIX):
+        return resolve_model_path(spec)
+    path = locate(spec, required, family, repo)
+    assert path is not None
+    return path
+
+
+def read_configs(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """``{name: config.json of subfolder name}`` (cheap: JSON only)."""
+    out: dict[str, Any] = {}
+    for comp in names:
+        try:
+            out[comp] = json.loads((path / comp / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserInputError(f"{path / comp / 'config.json'}: unreadable: {e}") from None
+    return out
 
 
 def component_configs(spec: str) -> dict[str, Any]:
     """model_index + the transformer and VAE config dicts, without torch (for checks)."""
     if spec.startswith(TINY_PREFIX):
         try:
-            cfg = tiny_config(tiny_layout(spec))
+            layout = tiny_layout(spec)
         except ValueError as e:
             raise UserInputError(str(e)) from None
+        if layout not in WAN_LAYOUTS:
+            raise UserInputError(f"model.path: {spec} is not a Wan model; the Wan tiny models are "
+                                 f"{', '.join('tiny:' + x for x in WAN_LAYOUTS)} (or set model.name to the plugin of {spec})")
+        cfg = tiny_config(layout)
         index = {"boundary_ratio": cfg["boundary_ratio"], "expand_timesteps": cfg["expand_timesteps"],
                  "transformer_2": ["diffusers", "x"] if cfg["transformer_2"] else [None, None]}
         return {"index": index, "transformer": cfg["transformer"], "vae": cfg["vae"]}
     path = locate(spec)
     assert path is not None
-    out: dict[str, Any] = {"index": model_index(path)}
-    for comp in ("transformer", "vae"):
-        try:
-            out[comp] = json.loads((path / comp / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserInputError(f"{path / comp / 'config.json'}: unreadable: {e}") from None
-    return out
+    return {"index": model_index(path), **read_configs(path, ("transformer", "vae"))}
 
 
 @dataclass

@@ -1,14 +1,16 @@
-"""Tiny Wan2.2 pipelines: the real architecture with random weights, saved like the real ones.
+"""Tiny pipelines: the real architectures with random weights, saved like the real ones.
 
-Nothing on these machines can download Wan2.2's weights, so tests load these through the very
+Nothing on these machines can download the weights, so tests load these through the very
 same loader (``from_pretrained`` of every component from a diffusers folder) that loads the
-real checkpoints. Two layouts mirror the two real ones:
+real checkpoints. Three Wan layouts mirror the real ones (other families, e.g. ``sd3``, are
+built by their own module, listed in ``OTHER_FAMILIES``, and cached the same way):
 
 ``two_expert``  T2V-A14B style: ``transformer`` (high noise) + ``transformer_2`` (low noise),
                 ``boundary_ratio`` 0.875, 16 latent channels, the standard (z_dim 16) VAE.
 ``ti2v``        TI2V-5B style: one transformer with 48 latent channels, the residual VAE with
                 ``z_dim`` 48, ``patch_size`` 2, ``scale_factor_spatial`` 16 and 12 VAE in/out
                 channels (3 RGB x 2x2 patch), and ``expand_timesteps`` (a timestep per token).
+``wan21``       Wan2.1 style: one transformer over the standard 16-channel VAE, no boundary.
 
 ``resolve_model_path("tiny:two_expert")`` builds into a cache folder on first use, keyed by a
 hash of the config, so a changed config never reuses a stale build. The build happens in a
@@ -27,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 TINY_PREFIX = "tiny:"
-LAYOUTS = ("two_expert", "ti2v")
+WAN_LAYOUTS = ("two_expert", "ti2v", "wan21")
+# Other families build their tiny models in their own module (same two functions).
+OTHER_FAMILIES = {"sd3": "unirl_stream.models.sd3_tiny", "qwen_image": "unirl_stream.models.qwen_image_tiny",
+                  "z_image": "unirl_stream.models.z_image_tiny", "flux2_klein": "unirl_stream.models.flux2_klein_tiny"}
+LAYOUTS = (*WAN_LAYOUTS, *OTHER_FAMILIES)
 
 # A word-level vocabulary: enough distinct words that test prompts get distinct embeddings;
 # anything else maps to [UNK]. Index 0 is padding (UMT5's pad id), 1 end of sequence.
@@ -98,12 +104,21 @@ def _vae(z_dim: int, residual: bool) -> dict[str, Any]:
     return cfg
 
 
+def _family(layout: str) -> Any:
+    import importlib
+
+    return importlib.import_module(OTHER_FAMILIES[layout])
+
+
 def tiny_config(layout: str) -> dict[str, Any]:
     """Every constructor argument of the tiny pipeline of ``layout`` (what the hash covers)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown tiny layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout in OTHER_FAMILIES:
+        return _family(layout).tiny_config(layout)
     two = layout == "two_expert"
-    channels = 16 if two else 48
+    # wan21: Wan2.1's layout, one transformer over the standard 16-channel VAE.
+    channels = 48 if layout == "ti2v" else 16
     transformer = dict(_TRANSFORMER, in_channels=channels, out_channels=channels)
     return {
         "layout": layout,
@@ -112,15 +127,15 @@ def tiny_config(layout: str) -> dict[str, Any]:
         "text_encoder": _TEXT_ENCODER,
         "transformer": transformer,
         "transformer_2": transformer if two else None,
-        "vae": _vae(16, residual=False) if two else _vae(48, residual=True),
+        "vae": _vae(48, residual=True) if layout == "ti2v" else _vae(16, residual=False),
         # Random conv biases make a tiny VAE paint one fixed texture whatever the latent
         # (pixel std ~25 of 255 from an all-zero latent), which leaves a reward almost
         # nothing to learn; with zero biases the decoded video follows the latent.
         "vae_biases": "zero",
         "boundary_ratio": 0.875 if two else None,
-        "expand_timesteps": not two,
+        "expand_timesteps": layout == "ti2v",
         "scheduler": {"prediction_type": "flow_prediction", "use_flow_sigmas": True,
-                      "flow_shift": 5.0 if two else 3.0, "num_train_timesteps": 1000},
+                      "flow_shift": 3.0 if layout == "ti2v" else 5.0, "num_train_timesteps": 1000},
     }
 
 
@@ -135,21 +150,38 @@ def config_hash(cfg: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- building
-def build_tokenizer() -> Any:
-    """An offline word-level tokenizer (no download), wrapped like the real UMT5 one."""
+def build_tokenizer(vocab: dict[str, int] | None = None, *, bos: str | None = None, eos: str = "</s>",
+                    pad: str = "<pad>", max_length: int | None = None) -> Any:
+    """An offline word-level tokenizer (no download), wrapped like the real ones: T5/UMT5 style
+    by default (``$A </s>``); CLIP style with ``bos`` (``<bos> $A <eos>``)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="<unk>"))
+    vocab = vocab or VOCAB
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    # T5 appends </s> to every sequence; keep that so the attention mask counts it.
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", VOCAB["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    # T5 appends </s> to every sequence (CLIP also prepends its start token); keep that so
+    # the attention mask counts it and CLIP pools at the end token.
+    single = f"{bos} $A {eos}" if bos else f"$A {eos}"
+    specials = [(t, vocab[t]) for t in (bos, eos) if t]
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=specials)
+    extra = {"bos_token": bos} if bos else {}
+    if max_length is not None:
+        extra["model_max_length"] = max_length
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, eos_token=eos, unk_token="<unk>", **extra)
+
+
+def zero_biases(vae: Any, mode: str) -> None:
+    """Random conv biases make a tiny VAE paint one fixed texture whatever the latent; with
+    zero biases its output follows the latent (FACTS.md)."""
+    import torch
+
+    if mode == "zero":
+        with torch.no_grad():
+            for name, param in vae.named_parameters():
+                if name.endswith("bias"):
+                    param.zero_()
 
 
 def build_pipeline(layout: str) -> Any:
@@ -163,16 +195,14 @@ def build_pipeline(layout: str) -> Any:
     )
     from transformers import UMT5Config, UMT5EncoderModel
 
+    if layout in OTHER_FAMILIES:
+        return _family(layout).build_pipeline(layout)
     cfg = tiny_config(layout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
         text_encoder = UMT5EncoderModel(UMT5Config(**cfg["text_encoder"])).eval()
         vae = AutoencoderKLWan(**cfg["vae"]).eval()
-        if cfg["vae_biases"] == "zero":
-            with torch.no_grad():
-                for name, param in vae.named_parameters():
-                    if name.endswith("bias"):
-                        param.zero_()
+        zero_biases(vae, cfg["vae_biases"])
         transformer = WanTransformer3DModel(**cfg["transformer"]).eval()
         transformer_2 = (
             WanTransformer3DModel(**cfg["transformer_2"]).eval() if cfg["transformer_2"] else None

@@ -1,9 +1,10 @@
-"""The ``wan22`` model plugin: Wan2.2 (T2V-A14B two experts, TI2V-5B one) as an api.Policy.
+"""The ``wan22`` model plugin: Wan2.2 (T2V-A14B two experts, TI2V-5B one) and Wan2.1-layout
+checkpoints (one transformer, 16 latent channels) as an api.Policy.
 
-The same object serves a rollout producer (``rollout``: sample, score, decode once) and a
-trainer (``logprobs`` replay with autograd, ``ref_logprobs`` with adapters disabled, LoRA
-export/import). The sampler and its kernels are model-agnostic (``algorithms/sampler.py``);
-this class supplies the guided velocity of each expert and the text/VAE ends.
+The shared flow-matching core (``flow.py``) does the sampling, replay, CFG, text cache, LoRA
+and decoding; this class supplies Wan's ends: the UMT5 text encoder, the experts' velocity
+(a timestep per token for TI2V's ``expand_timesteps``), the video latent shape and the VAE's
+latent statistics.
 
 Module import is cheap (no torch/diffusers until a policy is built): the validator calls
 ``Wan22Policy.check(recipe)``, which only looks at the filesystem.
@@ -11,72 +12,31 @@ Module import is cheap (no torch/diffusers until a policy is built): the validat
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.config import SamplingConfig
-from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import expert_of_steps, sigma_grid
-from unirl_stream.algorithms.selection import (
-    latent_slots,
-    num_sde_steps,
-    reachable_steps,
-    select_steps,
-)
-from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
-from unirl_stream.api import FieldSpec, Prompt, UserInputError
+from unirl_stream.algorithms.selection import reachable_steps
+from unirl_stream.api import UserInputError
 from unirl_stream.models import loading
-from unirl_stream.models.compile import compile_experts
-from unirl_stream.models.lora import (
-    EXPERT_NAMES,
-    add_lora,
-    export_lora,
-    import_lora,
-    lora_parameters,
-)
+from unirl_stream.models.checks import check_frames, check_geometry
+from unirl_stream.models.flow import Cond, FlowOptions, FlowPolicy
+from unirl_stream.models.lora import EXPERT_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-    from tensordict import TensorDict
 
     from unirl_stream.recipe import Recipe
 
-Role = Literal["producer", "trainer"]
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-class Wan22Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    text_cache_size: int = 64
-    """Prompt embeddings kept per process (LRU by prompt id); UMT5-XXL: ~4 MiB each in bf16."""
-    vae_dtype: str | None = None
-    """VAE dtype (default: model.dtype)."""
-    decode_batch: int = 1
-    """Samples per VAE decode call (a 480x832x33 decode peaks near 21 GiB; tiny models: more)."""
-    tf32: bool = True
-    """On CUDA, let fp32 matmuls use TF32 tensor cores. The trainer's LoRA adapters are fp32
-    master weights (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32
-    makes those cheap (producers run them in ``model.lora.producer_dtype``)."""
+Wan22Options = FlowOptions  # Wan takes the core's options only
 
 
 def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
     s = recipe.sampling
-    if (s.num_frames - 1) % 4:
-        raise UserInputError(
-            f"sampling.num_frames: expected 4k+1 (Wan's VAE compresses time by 4), "
-            f"got {s.num_frames}; try {((s.num_frames - 1) // 4) * 4 + 1}"
-        )
     spatial = int(cfgs["vae"].get("scale_factor_spatial") or 8)
     patch = cfgs["transformer"].get("patch_size") or [1, 2, 2]
-    mult_h, mult_w = spatial * int(patch[1]), spatial * int(patch[2])
-    if s.height % mult_h or s.width % mult_w:
-        raise UserInputError(
-            f"sampling.height: {s.height}x{s.width} (height x width) must be multiples of {mult_h}x{mult_w} "
-            f"for this model (VAE x{spatial}, patch {patch[1]}x{patch[2]})"
-        )
+    check_geometry(s.height, s.width, spatial, (int(patch[1]), int(patch[2])))
+    check_frames(s.num_frames, int(cfgs["vae"].get("scale_factor_temporal") or 4), "Wan")
 
 
 def experts_reached(sampling: SamplingConfig, boundary_ratio: float | None, num_experts: int = 2) -> set[str]:
@@ -104,81 +64,45 @@ def _check_experts_reached(recipe: Recipe, index: dict[str, Any], two: bool) -> 
         )
 
 
-class Wan22Policy:
-    """api.Policy for Wan2.2 diffusers checkpoints."""
+class Wan22Policy(FlowPolicy):
+    """api.Policy for Wan2.2 (and Wan2.1-layout) diffusers checkpoints."""
 
     Config = Wan22Options
+    family = "wan22"
+    card = {
+        "layouts": "Wan2.2 T2V-A14B (two experts, boundary 0.875; `tiny:two_expert`), TI2V-5B "
+                   "(48 channels, a timestep per token; `tiny:ti2v`), Wan2.1 (one transformer, 16 "
+                   "channels; `tiny:wan21`)",
+        "text encoders": "UMT5-XXL",
+        "LoRA targets": "`to_q, to_k, to_v, to_out.0` (self- and cross-attention), per expert",
+        "schedule": "static shift (recipe: 5)",
+        "learning test": "brightness, 3 seeds (tests/core/test_reference_loop.py); quickstart through Ray",
+        "recipe": "`wan22_dancegrpo.toml`, `quickstart.toml`",
+    }
+    _pipe: Any = None  # the WanPipeline view, built on first use
 
     # ------------------------------------------------------------------ validation
     @classmethod
-    def check(cls, recipe: Recipe) -> None:
-        """Filesystem and config checks only (no torch): weights present, experts and SDE
-        selection consistent. Raises UserInputError naming what is wrong and how to fix it."""
-        m, s = recipe.model, recipe.sampling
+    def check_model(cls, recipe: Recipe) -> None:
+        """Weights present, experts and SDE selection consistent, geometry the VAE takes."""
+        m = recipe.model
         cfgs = loading.component_configs(m.path)
         two = loading._present(cfgs["index"], "transformer_2")
-        if not m.lora.enabled:
-            raise UserInputError("model.lora.enabled = false: wan22 trains LoRA adapters only")
         if "high" not in m.lora.experts and not two:
             # "low" alone on a one-transformer model would train nothing ("low" is ignored there).
             raise UserInputError(f"model.lora.experts = {m.lora.experts}: {m.path} has one transformer ('high') only")
-        try:
-            num_sde_steps(s.sde, s.num_inference_steps)
-        except ValueError as e:
-            raise UserInputError(str(e)) from None
         _check_experts_reached(recipe, cfgs["index"], two)
-        if s.eta <= 0:
-            raise UserInputError(f"sampling.eta: must be > 0 for SDE steps, got {s.eta}")
         _check_geometry(recipe, cfgs)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, device: str | None = None, role: Role = "trainer") -> Wan22Policy:
-        opts = msgspec.convert(recipe.model.options, Wan22Options)
-        return cls(recipe, device=device, options=opts, role=role)
+    def _load(self, dtype: torch.dtype, vae_dtype: torch.dtype) -> loading.Components:
+        return loading.load_components(self.recipe.model.path, dtype, self.recipe.model.boundary_ratio, vae_dtype)
 
-    def __init__(self, recipe: Recipe, device: str | None = None, options: Wan22Options | None = None,
-                 role: Role = "trainer") -> None:
-        import torch
+    def _frozen_modules(self) -> list[Any]:
+        return [self.components.text_encoder, self.components.vae]
 
-        self.recipe = recipe
-        self.options = options or Wan22Options()
-        m, s = recipe.model, recipe.sampling
-        self.dtype = getattr(torch, _DTYPES[m.dtype])
-        dev = device or m.device
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.options.tf32
-        vae_dtype = getattr(torch, self.options.vae_dtype) if self.options.vae_dtype else self.dtype
-        c = loading.load_components(m.path, self.dtype, m.boundary_ratio, vae_dtype)
-        self.components = c
-        self.experts: list[Any] = c.transformers
-        self.trained = {EXPERT_NAMES[i]: t for i, t in enumerate(self.experts) if EXPERT_NAMES[i] in m.lora.experts}
-        # A producer never trains: its adapters run in the inference dtype, and load_weights
-        # copies each published fp32 blob into them (rounding once per load, not per GEMM).
-        adapter_dtype = self.dtype if role == "producer" and m.lora.producer_dtype == "model" else torch.float32
-        for name, model in self.trained.items():
-            add_lora(model, m.lora, recipe.run.seed, name, adapter_dtype)
-        for mod in (c.text_encoder, c.vae, *self.experts):
-            mod.eval()
-            if mod not in self.trained.values():
-                mod.requires_grad_(False)
-        c.text_encoder.to(self.device)
-        c.vae.to(self.device)
-        for model in self.experts:
-            model.to(self.device)
-            if m.gradient_checkpointing and model in self.trained.values():
-                model.enable_gradient_checkpointing()
-        self.compiled = compile_experts(self.experts, m, self.device.type)
-        self.sigmas = sigma_grid(s.num_inference_steps, s.shift)
-        g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
-        self.guidance = [s.guidance_scale, g2][: len(self.experts)]
-        self.spec = SamplerSpec(s.sde.kernel, s.eta, c.boundary_ratio, len(self.experts))
-        self.k = num_sde_steps(s.sde, s.num_inference_steps)
-        self.slots = latent_slots(s.sde, s.num_inference_steps)
-        self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._neg: torch.Tensor | None = None
-        self._pipe: Any = None
+    def _boundary_ratio(self) -> float | None:
+        return self.components.boundary_ratio
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -193,10 +117,6 @@ class Wan22Policy:
         s, vae = self.recipe.sampling, self.components.vae.config
         frames = (self.latent_shape[1] - 1) * int(vae.scale_factor_temporal) + 1
         return (frames, s.height, s.width, 3)
-
-    def field_specs(self) -> list[FieldSpec]:
-        return field_specs(self.recipe.sampling.num_inference_steps, self.k, self.slots,
-                           self.latent_shape, self.media_shape)
 
     # ------------------------------------------------------------------ text
     @property
@@ -214,37 +134,12 @@ class Wan22Policy:
         return self._pipe
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        import torch
-
-        with torch.no_grad():  # encode_prompt keeps autograd on otherwise (FACTS.md)
-            emb, _ = self.pipeline.encode_prompt(
-                prompt=texts, do_classifier_free_guidance=False,
-                max_sequence_length=self.recipe.model.max_sequence_length,
-                device=self.device, dtype=self.dtype,
-            )
+        emb, _ = self.pipeline.encode_prompt(
+            prompt=texts, do_classifier_free_guidance=False,
+            max_sequence_length=self.recipe.model.max_sequence_length,
+            device=self.device, dtype=self.dtype,
+        )
         return emb
-
-    def embed(self, prompts: Sequence[Prompt]) -> torch.Tensor:
-        """Prompt embeddings [B, L, D], recomputed on demand with an LRU cache by prompt id
-        (trajectories don't carry them: one per prompt, not per sample)."""
-        import torch
-
-        keys = [(p.id, p.text) for p in prompts]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._text_cache))
-        if todo:
-            for k, e in zip(todo, self._encode([t for _, t in todo]), strict=True):
-                self._text_cache[k] = e
-        for k in keys:
-            self._text_cache.move_to_end(k)
-        out = torch.stack([self._text_cache[k] for k in keys])
-        while len(self._text_cache) > max(self.options.text_cache_size, len(set(keys))):
-            self._text_cache.popitem(last=False)
-        return out
-
-    def _negative(self) -> torch.Tensor:
-        if self._neg is None:
-            self._neg = self._encode([self.recipe.sampling.negative_prompt])
-        return self._neg
 
     # ------------------------------------------------------------------ model
     def _timestep_input(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -255,113 +150,16 @@ class Wan22Policy:
         seq = (x.shape[2] // p[0]) * (x.shape[3] // p[1]) * (x.shape[4] // p[2])
         return t[:, None].expand(-1, seq)
 
-    def _velocity_fn(self, emb: torch.Tensor) -> Any:
-        import torch
+    def _forward(self, expert: int, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return self.experts[expert](hidden_states=x, timestep=self._timestep_input(t, x),
+                                    encoder_hidden_states=cond, return_dict=False)[0]
 
-        def velocity(expert: int, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            model, g = self.experts[expert], self.guidance[expert]
-            xin, tt, enc = x.to(self.dtype), self._timestep_input(t, x), emb[rows]
-            if g <= 1.0:  # diffusers' rule: guidance <= 1 runs the conditional branch only
-                return model(hidden_states=xin, timestep=tt, encoder_hidden_states=enc, return_dict=False)[0].float()
-            neg = self._negative().expand(len(rows), -1, -1)
-            out = model(hidden_states=torch.cat([xin, xin]), timestep=torch.cat([tt, tt]),
-                        encoder_hidden_states=torch.cat([enc, neg]), return_dict=False)[0].float()
-            cond, uncond = out.chunk(2)
-            return uncond + g * (cond - uncond)
-
-        return velocity
-
-    @contextmanager
-    def _adapters_disabled(self) -> Iterator[None]:
-        for model in self.trained.values():
-            model.disable_adapters()
-        try:
-            yield
-        finally:
-            for model in self.trained.values():
-                model.enable_adapters()
-
-    @contextmanager
-    def _train_mode(self) -> Iterator[None]:
-        # Only LoRA dropout differs between modes; with dropout 0 (exact replay) nothing to do.
-        active = self.recipe.model.lora.dropout > 0
-        for model in self.trained.values() if active else ():
-            model.train()
-        try:
-            yield
-        finally:
-            for model in self.trained.values() if active else ():
-                model.eval()
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """fp32 latents [B, C, T, h, w] -> uint8 video [B, F, H, W, 3], ``decode_batch`` at a time."""
+    def _decode_batch(self, z: torch.Tensor) -> torch.Tensor:
         import torch
 
         vae = self.components.vae
-        c = latents.shape[1]
-        mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(1, c, 1, 1, 1)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=latents.device).view(1, c, 1, 1, 1)
-        out = []
-        step = max(1, self.options.decode_batch)
-        with torch.no_grad():
-            for b in range(0, latents.shape[0], step):
-                z = latents[b : b + step] / inv_std + mean
-                video = vae.decode(z.to(vae.dtype), return_dict=False)[0].float()
-                u8 = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-                out.append(u8.permute(0, 2, 3, 4, 1).cpu())
-        return torch.cat(out)
-
-    # ------------------------------------------------------------------ api.Policy
-    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> TensorDict:
-        import torch
-        from tensordict import TensorDict
-
-        if len(prompts) != len(seeds) or not prompts:
-            raise ValueError(f"rollout: {len(prompts)} prompts and {len(seeds)} seeds")
-        n = self.recipe.sampling.num_inference_steps
-        steps = [select_steps(self.recipe.sampling.sde, n, int(s), version) for s in seeds]
-        with torch.no_grad():
-            emb = self.embed(prompts)
-            res = sample(self._velocity_fn(emb), self.spec, [int(s) for s in seeds], steps,
-                         self.slots, self.latent_shape, self.sigmas, self.device)
-            media = self.decode(res.final)
-        B = len(prompts)
-        fields = {
-            "seed": torch.tensor([int(s) for s in seeds], dtype=torch.int64),
-            "sigmas": res.sigmas, "timesteps": res.timesteps, "sde_steps": res.sde_steps,
-            "experts": res.experts, "latent_steps": res.latent_steps, "latents": res.latents,
-            "log_probs": res.log_probs, "media": media,
-        }
-        return TensorDict({k: v.cpu() for k, v in fields.items()}, batch_size=[B])
-
-    def logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
-                 columns: Sequence[int] | None = None) -> torch.Tensor:
-        """Replay log-probs [B, K] (or [B, len(columns)]) with autograd on the adapters."""
-        td = batch.select(*REPLAY_FIELDS).to(self.device)
-        with self._train_mode():
-            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns)
-
-    def ref_logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
-                     columns: Sequence[int] | None = None) -> torch.Tensor:
-        import torch
-
-        td = batch.select(*REPLAY_FIELDS).to(self.device)
-        with torch.no_grad(), self._adapters_disabled():
-            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns)
-
-    def fsdp_units(self) -> list[tuple[Any, list[Any]]]:
-        """FSDP2 units: every expert with its transformer blocks (each block one unit, so one
-        block's full weights are alive at a time, as gradient checkpointing runs per block)."""
-        return [(model, list(model.blocks)) for model in self.experts]
-
-    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
-        return [p for model in self.trained.values() for p in lora_parameters(model)]
-
-    def export_weights(self) -> bytes:
-        return export_lora(self.trained)
-
-    def load_weights(self, blob: bytes) -> None:
-        import torch
-
-        with torch.no_grad():
-            import_lora(blob, self.trained)
+        c = z.shape[1]
+        mean = torch.tensor(vae.config.latents_mean, device=z.device).view(1, c, 1, 1, 1)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std, device=z.device).view(1, c, 1, 1, 1)
+        video = vae.decode((z / inv_std + mean).to(vae.dtype), return_dict=False)[0]
+        return video.permute(0, 2, 3, 4, 1)  # [b, 3, F, H, W] -> [b, F, H, W, 3]
