@@ -8,6 +8,13 @@ loads one scorer (by plugin name, with its options) and serves
   chunks of the scorer's ``batch_size`` exactly like an in-process ``RewardSet``;
 - ``GET /health``: JSON ``wire.Health``.
 
+Admission is bounded: at most ``max_queue`` requests wait, body read, for the scoring
+thread (plus the one it scores). A further request's body stays unread in its socket until
+a slot frees, so its sender blocks in TCP (backpressure up the client, the reward stage and,
+through the store's staleness gate, the producers) and the server never holds more than
+``max_queue + 1`` request bodies, however many clients connect. Each reply reports its
+queue wait, the queue depth at admission and the GPU's utilisation, for the client's metrics.
+
 Status codes: 400 bad request (client's fault, not retried), 422 the scorer rejected the
 input or broke its contract (not retried), 500 unexpected server error (retried).
 Requests are scored one at a time, always on the same long-lived worker thread: models are
@@ -21,9 +28,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -40,14 +49,26 @@ MAX_BODY = 2 << 30  # 2 GiB: ~60 samples of 81 x 480 x 832 raw video frames
 class RewardServer:
     """The service without its loop: tests run ``serve_forever`` in a thread."""
 
-    def __init__(self, reward: str, options: dict[str, Any], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, reward: str, options: dict[str, Any], host: str = "127.0.0.1", port: int = 0, max_queue: int = 4
+    ) -> None:
         from unirl_stream.rewards.combine import RewardSet
+
+        if max_queue < 0:
+            raise UserInputError(f"reward-serve: --max-queue must be >= 0, got {max_queue}")
 
         self.reward = reward
         self.rewards = RewardSet.from_specs([RewardSpec(name=reward, options=options)], where="reward-serve")
         self.scorer = self.rewards.scorers[0]
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-score")
         self.served = 0
+        self.max_queue = max_queue
+        self._slots = threading.BoundedSemaphore(max_queue + 1)  # waiting + the one scored
+        self._count_lock = threading.Lock()
+        self.queue_depth = 0  # admitted, not yet being scored
+        self.peak_queue = 0
+        self.peak_admitted = 0
+        self._admitted = 0
         self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
         self._encoder = msgspec.msgpack.Encoder()
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
@@ -71,8 +92,30 @@ class RewardServer:
 
     def health(self) -> bytes:
         return msgspec.json.encode(
-            wire.Health("ok", self.reward, int(self.scorer.batch_size), str(self.scorer.device), self.served)
+            wire.Health("ok", self.reward, int(self.scorer.batch_size), str(self.scorer.device), self.served,
+                        self.max_queue, self.queue_depth, self.peak_queue)
         )
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``max_queue + 1`` admission slots (blocks while all are taken)."""
+        self._slots.acquire()
+        with self._count_lock:
+            self._admitted += 1
+            self.peak_admitted = max(self.peak_admitted, self._admitted)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._admitted -= 1
+            self._slots.release()
+
+    def _score_queued(self, req: wire.ScoreRequest, media: Any, admitted: float) -> tuple[Any, float]:
+        """On the scoring thread: (RewardResult, seconds the request waited for it)."""
+        with self._count_lock:
+            self.queue_depth -= 1
+        waited = time.perf_counter() - admitted
+        return self.rewards.score([p.id for p in req.prompts], media, req.prompts), waited
 
     def score(self, body: bytes) -> tuple[int, bytes]:
         """(HTTP status, msgpack reply) for one /score body."""
@@ -84,8 +127,12 @@ class RewardServer:
         except (msgspec.ValidationError, msgspec.DecodeError, UserInputError) as e:
             return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
         t0 = time.perf_counter()
+        with self._count_lock:
+            depth = self.queue_depth
+            self.queue_depth += 1
+            self.peak_queue = max(self.peak_queue, self.queue_depth)
         try:
-            result = self.worker.submit(self.rewards.score, [p.id for p in req.prompts], media, req.prompts).result()
+            result, queued = self.worker.submit(self._score_queued, req, media, t0).result()
             self.served += len(req.prompts)
         except UserInputError as e:
             return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
@@ -96,8 +143,21 @@ class RewardServer:
             return 500, self._encoder.encode(wire.ErrorReply(f"{type(e).__name__}: {e}", "internal"))
         name = self.rewards.names[0]
         subs = {k.split("/", 1)[1]: v for k, v in result.sub_terms.items()}
-        reply = wire.ScoreReply(result.terms[name], subs, time.perf_counter() - t0)
+        reply = wire.ScoreReply(result.terms[name], subs, time.perf_counter() - t0 - queued, queued, depth,
+                                gpu_utilization(str(self.scorer.device)))
         return 200, self._encoder.encode(reply)
+
+
+def gpu_utilization(device: str) -> float | None:
+    """NVML's utilisation of ``device`` in percent; None on CPU or when NVML is missing."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        return float(torch.cuda.utilization(torch.device(device)))
+    except Exception:  # no pynvml / no driver: utilisation is advisory, never an error
+        return None
 
 
 def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
@@ -119,7 +179,8 @@ def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(400, msgspec.msgpack.encode(wire.ErrorReply(f"bad Content-Length {length}", "user")))
                 return
-            status, reply = server.score(self.rfile.read(length))
+            with server.slot():  # until admitted, the body stays in the socket: the sender waits
+                status, reply = server.score(self.rfile.read(length))
             self._send(status, reply)
 
         def _send(self, status: int, body: bytes, ctype: str = wire.CONTENT_TYPE) -> None:
@@ -141,12 +202,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     ready: Callable[[int], None] | None = None,
+    max_queue: int = 4,
 ) -> None:
     """Load ``reward`` with ``options`` and serve it until interrupted (blocking).
 
     ``port = 0`` picks a free port; ``ready(port)`` is called once the socket listens.
     """
-    server = RewardServer(reward, options, host, port)
+    server = RewardServer(reward, options, host, port, max_queue)
     if ready is not None:
         ready(server.port)
     try:
@@ -172,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reward", required=True, help="reward plugin name (see `unirl-stream plugins`)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    ap.add_argument("--max-queue", type=int, default=4,
+                    help="requests admitted and waiting for the scorer, at most (default 4); "
+                         "more senders block until a slot frees")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="scorer option, value parsed as TOML else kept as a string (repeatable), "
                          "e.g. --set aggregate=min --set batch_size=8")
@@ -182,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reward-serve: {args.reward} listening on http://{args.host}:{port}", flush=True)
 
     try:
-        serve(args.reward, options_from_sets(args.set), args.host, args.port, ready)
+        serve(args.reward, options_from_sets(args.set), args.host, args.port, ready, args.max_queue)
     except UnirlError as e:
         print(f"reward-serve: {e}", file=sys.stderr)
         return e.exit_code
