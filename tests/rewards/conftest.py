@@ -24,3 +24,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     head = testing.save_aesthetic_head(root / "aesthetic_head.pth", embed_dim=16, seed=0)
     ckpt, hps_clip = testing.save_tiny_hps(root / "hps", seed=1)
     return TinyModels(clip, head, ckpt, hps_clip)
+
+
+@pytest.fixture(scope="session")
+def tiny_imagereward(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The imagereward scorer's options for a tiny random ImageReward on disk."""
+    root = testing.save_tiny_imagereward(tmp_path_factory.mktemp("tiny_imagereward"), seed=3)
+    return {"checkpoint": str(root / "ImageReward.pt"), "med_config": str(root / "med_config.json"),
+            "tokenizer": str(root / "tokenizer")}
