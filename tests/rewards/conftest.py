@@ -32,3 +32,11 @@ def tiny_imagereward(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     root = testing.save_tiny_imagereward(tmp_path_factory.mktemp("tiny_imagereward"), seed=3)
     return {"checkpoint": str(root / "ImageReward.pt"), "med_config": str(root / "med_config.json"),
             "tokenizer": str(root / "tokenizer")}
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL folder (tokenizer + chat template, image processor, model)."""
+    from unirl_stream.rewards.testing_vlm import save_tiny_qwen_vl
+
+    return save_tiny_qwen_vl(tmp_path_factory.mktemp("tiny_qwen25_vl"), seed=4)
