@@ -40,3 +40,12 @@ def tiny_qwen25_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from unirl_stream.rewards.testing_vlm import save_tiny_qwen_vl
 
     return save_tiny_qwen_vl(tmp_path_factory.mktemp("tiny_qwen25_vl"), seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_hpsv3(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The hpsv3 scorer's options for a tiny Qwen2-VL base + HPSv3-layout checkpoint."""
+    from unirl_stream.rewards.testing_vlm import save_tiny_hpsv3
+
+    base, ckpt = save_tiny_hpsv3(tmp_path_factory.mktemp("tiny_hpsv3"), seed=5)
+    return {"base": str(base), "checkpoint": str(ckpt), "pixels": 56 * 56, "dtype": "float32"}

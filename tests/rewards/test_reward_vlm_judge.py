@@ -31,8 +31,9 @@ def judges(tiny_qwen25_vl) -> dict[str, VlmJudge]:
 def _last_logprobs(judge: VlmJudge, inputs: dict, extra: int | None = None) -> torch.Tensor:
     """One full forward (no cache, no padding) of one sample, optionally with a token appended."""
     if extra is not None:
-        inputs = dict(inputs, input_ids=torch.cat([inputs["input_ids"], torch.tensor([[extra]])], 1),
-                      attention_mask=torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1))
+        grow = {k: torch.cat([inputs[k], torch.tensor([[v]], dtype=inputs[k].dtype)], 1)
+                for k, v in (("input_ids", extra), ("attention_mask", 1), ("mm_token_type_ids", 0))}
+        inputs = dict(inputs, **grow)
     with torch.inference_mode():
         return judge.vl.model(**inputs).logits[0, -1].float().log_softmax(-1)
 
@@ -65,6 +66,18 @@ def test_batched_scores_equal_the_per_sample_reference(judges, scale: str) -> No
     split = [v for k in range(0, 5, 2) for v in judge.score(media[k : k + 2], prompts[k : k + 2]).scores]
     assert max(abs(a - b) for a, b in zip(got, split, strict=True)) < 1e-5
     assert judge.score(media, prompts).scores == got  # deterministic
+
+
+def test_inputs_expand_each_image_pad_to_its_merged_patches(judges) -> None:
+    vl = judges["yes_no"].vl
+    media = make_media(2, 1, 48, 100, seed=3)
+    inputs = vl.inputs([media[0, 0].numpy(), media[1, 0, :30, :40].numpy()], ["a", "a longer question here"])
+    pad = vl.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    counts = (inputs["input_ids"] == pad).sum(1).tolist()
+    assert counts == [int(g.prod()) // 4 for g in inputs["image_grid_thw"]] and counts[0] != counts[1]
+    assert torch.equal(inputs["mm_token_type_ids"].bool(), inputs["input_ids"] == pad)  # M-RoPE needs it
+    mask = inputs["attention_mask"]
+    assert mask[:, -1].all() and not mask[int(mask.sum(1).argmin()), 0]  # left padding
 
 
 def test_uniform_logits_give_the_exact_parse(judges) -> None:

@@ -8,7 +8,8 @@ video processor, which needs torchvision (not installable beside the CPU torch):
 template renders one user turn (image, then text), the image processor (the PIL one, the
 reference path) gives ``pixel_values`` and each image's patch grid, and every
 ``<|image_pad|>`` is repeated ``t * h * w / merge_size**2`` times, exactly as the processor
-expands it. Prompts are left-padded, so the last position of every row is the next token.
+expands it, and ``mm_token_type_ids`` marks the image tokens (without it transformers
+silently falls back to 1-D positions). Prompts are left-padded, so the last position of every row is the next token.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class QwenVL:
             expanded.append(text.replace(IMAGE_PAD, IMAGE_PAD * (int(grid.prod()) // merge)))
         tok = self.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False)
         dtype = next(self.model.parameters()).dtype
-        return {"input_ids": tok["input_ids"].to(self.device), "attention_mask": tok["attention_mask"].to(self.device),
+        ids = tok["input_ids"]
+        # 1 marks image tokens, as the processor returns it: M-RoPE positions need it
+        kinds = (ids == self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)).int()
+        return {"input_ids": ids.to(self.device), "attention_mask": tok["attention_mask"].to(self.device),
+                "mm_token_type_ids": kinds.to(self.device),
                 "pixel_values": pixels["pixel_values"].to(self.device, dtype),
                 "image_grid_thw": pixels["image_grid_thw"].to(self.device)}
 

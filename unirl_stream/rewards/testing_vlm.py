@@ -92,3 +92,37 @@ def save_tiny_qwen_vl(folder: Path, seed: int = 0, kind: str = "qwen2_5_vl",
                 p.normal_(0.0, 0.2)
     model.save_pretrained(str(folder))
     return folder
+
+
+def save_tiny_hpsv3(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(``base/``: a tiny Qwen2-VL folder, ``HPSv3.safetensors``): the backbone under the
+    older transformers names (``model.layers.*``, ``visual.*``, as the published file) with
+    ``<|Reward|>``'s row trained-looking, plus a ranknet ``rm_head`` of random weights."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = save_tiny_qwen_vl(folder / "base", seed=seed, kind="qwen2_vl", min_pixels=56 * 56, max_pixels=56 * 56)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), local_files_only=True)
+    state: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.visual."):
+            key = key.removeprefix("model.")
+        elif key.startswith("model.language_model."):
+            key = "model." + key.removeprefix("model.language_model.")
+        state[key] = value.contiguous()
+    # The tiny tokenizer's next id is <|Reward|>'s: give the table a row for it (the real
+    # 7B table has 152064 rows, past every token).
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = torch.cat([state[key], torch.randn(1, state[key].shape[1], generator=torch.Generator().manual_seed(seed))])
+    g = torch.Generator().manual_seed(seed + 1)
+    d = model.config.text_config.hidden_size
+    for i, (n_in, n_out) in zip((0, 3, 5), ((d, 24), (24, 16), (16, 2)), strict=True):
+        state[f"rm_head.{i}.weight"] = torch.randn(n_out, n_in, generator=g) * 0.3
+        state[f"rm_head.{i}.bias"] = torch.randn(n_out, generator=g) * 0.1
+    config = model.config
+    config.text_config.vocab_size += 1
+    config.save_pretrained(str(base))
+    ckpt = folder / "HPSv3.safetensors"
+    save_file(state, str(ckpt))
+    return base, ckpt
