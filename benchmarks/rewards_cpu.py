@@ -1,5 +1,5 @@
 """Reward scorers on CPU: samples/s per scorer at 64x64 and 256x256, and the remote service
-against in-process scoring.
+against in-process scoring (``reward_pool.py``: several replicas, failover, backpressure).
 
 Model scorers use tiny random-weight models of the real architectures (built here with
 ``unirl_stream.rewards.testing``), so the numbers measure our pipeline around the model
@@ -58,12 +58,21 @@ def throughput(rewards: Any, b: int, side: int, frames: int, min_s: float) -> fl
 
 
 def build_models(root: Path) -> dict[str, dict[str, Any]]:
-    from unirl_stream.rewards import testing
+    from unirl_stream.rewards import testing, testing_vlm
 
     clip = str(testing.save_tiny_clip(root / "clip"))
     head = str(testing.save_aesthetic_head(root / "head.pth"))
     ckpt, hps_clip = testing.save_tiny_hps(root / "hps")
+    ir = testing.save_tiny_imagereward(root / "imagereward")
+    qwen = str(testing_vlm.save_tiny_qwen_vl(root / "qwen25vl"))
+    hps3_base, hps3_ckpt = testing_vlm.save_tiny_hpsv3(root / "hpsv3")
     return {
+        "imagereward": {"checkpoint": str(ir / "ImageReward.pt"), "med_config": str(ir / "med_config.json"),
+                        "tokenizer": str(ir / "tokenizer")},
+        # tiny Qwen models: 112 x 112 images (16 merged patches); the bytes-only tokenizer
+        # makes HPSv3's instruction ~2,650 tokens, so its row is dominated by text
+        "vlm_judge": {"model": qwen, "dtype": "float32", "max_pixels": 112 * 112},
+        "hpsv3": {"base": str(hps3_base), "checkpoint": str(hps3_ckpt), "dtype": "float32", "pixels": 56 * 56},
         "brightness": {},
         "jpeg_compressibility": {},
         "pickscore": {"model": clip, "processor": clip},
@@ -81,7 +90,7 @@ def bench_scorers(rows: Rows, options: dict[str, dict[str, Any]], quick: bool, t
 
     min_s = 0.3 if quick else 1.5
     for name, opts in options.items():
-        b = 4 if name == "ocr" else 16
+        b = 4 if name in ("ocr", "vlm_judge", "hpsv3") else 16
         rs = RewardSet.from_specs([RewardSpec(name=name, options={**opts, "batch_size": b})])
         for side in (64, 256):
             sps = throughput(rs, b, side, 1, min_s)
@@ -119,7 +128,7 @@ def transport_ms(url: str, b: int, side: int, n: int = 20) -> tuple[float, float
     for k in range(n + 3):
         t0 = time.perf_counter()
         body = msgspec.msgpack.encode(wire.ScoreRequest(wire.encode_media(m), p))
-        reply = client._post_once(body)
+        reply = client._post_once(client.pool.endpoints[0], body)
         if k >= 3:  # warm-up
             walls.append(time.perf_counter() - t0)
             server.append(reply.seconds)

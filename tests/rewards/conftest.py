@@ -49,3 +49,10 @@ def tiny_hpsv3(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     base, ckpt = save_tiny_hpsv3(tmp_path_factory.mktemp("tiny_hpsv3"), seed=5)
     return {"base": str(base), "checkpoint": str(ckpt), "pixels": 56 * 56, "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
+def tiny_geneval(tmp_path_factory: pytest.TempPathFactory, tiny: TinyModels) -> dict[str, str]:
+    """The geneval scorer's options: a tiny random OWLv2 detector and the tiny CLIP."""
+    owl = testing.save_tiny_owlv2(tmp_path_factory.mktemp("tiny_owlv2"), seed=6)
+    return {"detector": str(owl), "color_model": str(tiny.clip), "threshold": 0.5, "counting_threshold": 0.6}

@@ -256,3 +256,25 @@ def save_tiny_imagereward(folder: Path, seed: int = 0) -> Path:
     state["blip.vision_proj.weight"] = torch.randn(8, 128, generator=g)  # the reference's extra heads: ignored
     torch.save(state, folder / "ImageReward.pt")
     return folder
+
+
+def save_tiny_owlv2(folder: Path, seed: int = 0, image_size: int = 64) -> Path:
+    """A random Owlv2ForObjectDetection with its image processor (pad to square, resize
+    to ``image_size``) and the tiny CLIP tokenizer: what the geneval scorer's detector reads."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
+
+    tok = write_clip_tokenizer(folder)
+    Owlv2ImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(folder))
+    n = len(tok)
+    text = dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # wide logits, so thresholds split detections instead of dropping all
+        for p in model.class_head.parameters():
+            p.mul_(20.0)
+    model.save_pretrained(str(folder))
+    return folder
