@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -56,3 +57,12 @@ def tiny_geneval(tmp_path_factory: pytest.TempPathFactory, tiny: TinyModels) -> 
     """The geneval scorer's options: a tiny random OWLv2 detector and the tiny CLIP."""
     owl = testing.save_tiny_owlv2(tmp_path_factory.mktemp("tiny_owlv2"), seed=6)
     return {"detector": str(owl), "color_model": str(tiny.clip), "threshold": 0.5, "counting_threshold": 0.6}
+
+
+@pytest.fixture(scope="session")
+def tiny_videoalign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The videoalign scorer's options for a tiny Qwen2-VL base + sharded VideoAlign checkpoint."""
+    from unirl_stream.rewards.testing_vlm import save_tiny_videoalign
+
+    base, ckpt = save_tiny_videoalign(tmp_path_factory.mktemp("tiny_videoalign"), seed=7)
+    return {"base": str(base), "checkpoint": str(ckpt), "dtype": "float32", "max_pixels": 56 * 56, "sample_frames": 4}

@@ -67,65 +67,21 @@ class HPSv3Config(FrameOptions, kw_only=True, forbid_unknown_fields=True):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
 
 
-def to_current_names(state: dict[str, Any]) -> dict[str, Any]:
-    """Older transformers' Qwen2-VL names (``model.layers``, ``visual``) -> 5.x names."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        if key.startswith("visual."):
-            key = "model." + key
-        elif key.startswith("model.") and not key.startswith(("model.language_model.", "model.visual.")):
-            key = "model.language_model." + key[len("model."):]
-        out[key] = value
-    return out
-
-
 def load_hpsv3(cfg: HPSv3Config, device: str) -> tuple[Any, Any]:
     """(QwenVL bundle with the HPSv3 backbone, fp32 rm_head)."""
     import torch
-    from safetensors.torch import load_file
-    from transformers import (
-        AutoConfig,
-        AutoTokenizer,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-    )
 
-    from unirl_stream.rewards.clip_common import _missing, resolve_file, torch_dtype
-    from unirl_stream.rewards.openclip import MappingError, check_complete
-    from unirl_stream.rewards.qwen_vl import QwenVL
+    from unirl_stream.rewards.qwen_vl import load_reward_backbone
 
-    try:
-        config = AutoConfig.from_pretrained(cfg.base, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base, local_files_only=True)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(cfg.base, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise _missing("hpsv3", "base", "Qwen2-VL config/tokenizer", cfg.base, e) from None
-    tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
-    file = resolve_file(cfg.checkpoint, "hpsv3", "checkpoint")
-    try:
-        state = to_current_names(load_file(str(file)))
-    except Exception as e:  # header/format errors of many kinds: name the file
-        raise UserInputError(f"reward hpsv3: options.checkpoint: cannot read {file}: {e}") from None
-    head_state = {k.removeprefix("rm_head."): state.pop(k) for k in [k for k in state if k.startswith("rm_head.")]}
+    vl, head_state = load_reward_backbone(cfg.base, cfg.checkpoint, [REWARD_TOKEN], "hpsv3", device, cfg.dtype,
+                                          cfg.pixels, cfg.pixels)
     if sorted(head_state) != sorted(f"{i}.{p}" for i in HEAD_LAYERS for p in ("weight", "bias")):
-        raise UserInputError(f"reward hpsv3: options.checkpoint: {file} has no ranknet rm_head (found {sorted(head_state)})")
+        raise UserInputError(f"reward hpsv3: options.checkpoint: {cfg.checkpoint} has no ranknet rm_head "
+                             f"(found {sorted(head_state)})")
     lin = [torch.nn.Linear(*head_state[f"{i}.weight"].shape[::-1]) for i in HEAD_LAYERS]
     head = torch.nn.Sequential(lin[0], torch.nn.ReLU(), lin[1], torch.nn.ReLU(), lin[2])  # eval: no dropout
     for layer, i in zip(lin, HEAD_LAYERS, strict=True):
         layer.load_state_dict({p: head_state[f"{i}.{p}"] for p in ("weight", "bias")})
-    with torch.device("meta"):
-        expected = Qwen2VLForConditionalGeneration(config).state_dict()
-    try:
-        check_complete(state, expected)
-    except MappingError as e:
-        raise UserInputError(f"reward hpsv3: options.checkpoint: {file} does not fit {cfg.base}: {e}") from None
-    model = Qwen2VLForConditionalGeneration.from_pretrained(None, config=config, state_dict=state,
-                                                            dtype=torch_dtype(cfg.dtype))
-    if tokenizer.convert_tokens_to_ids(REWARD_TOKEN) >= model.get_input_embeddings().weight.shape[0]:
-        raise UserInputError(f"reward hpsv3: options.base: the tokenizer's {REWARD_TOKEN} id is past the embedding table")
-    model = model.to(device).eval().requires_grad_(False)
-    vl = QwenVL(model, tokenizer, image_processor, device, min_pixels=cfg.pixels, max_pixels=cfg.pixels)
     return vl, head.float().eval().requires_grad_(False).to(device)
 
 

@@ -20,13 +20,15 @@ from unirl_stream.rewards.testing import _byte_symbols
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
 MERGES = [("Y", "e"), ("Ye", "s"), ("N", "o"), ("y", "e"), ("ye", "s"), ("n", "o")]
-# Qwen2-VL's chat format for one user turn (system prompt as the real template's default).
+# Qwen2-VL's chat format for one user turn of an image or a video and text (system prompt
+# as the real template's default).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for c in message['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -111,8 +113,9 @@ def save_tiny_hpsv3(folder: Path, seed: int = 0) -> tuple[Path, Path]:
         elif key.startswith("model.language_model."):
             key = "model." + key.removeprefix("model.language_model.")
         state[key] = value.contiguous()
-    # The tiny tokenizer's next id is <|Reward|>'s: give the table a row for it (the real
-    # 7B table has 152064 rows, past every token).
+    # The tiny tokenizer's next id is <|Reward|>'s: the checkpoint's table grows a row for it
+    # (resize_token_embeddings; the real 7B table's 152064 rows already cover it), while the
+    # base config keeps the old size: the loader must take the size from the checkpoint.
     for key in ("model.embed_tokens.weight", "lm_head.weight"):
         state[key] = torch.cat([state[key], torch.randn(1, state[key].shape[1], generator=torch.Generator().manual_seed(seed))])
     g = torch.Generator().manual_seed(seed + 1)
@@ -120,9 +123,30 @@ def save_tiny_hpsv3(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     for i, (n_in, n_out) in zip((0, 3, 5), ((d, 24), (24, 16), (16, 2)), strict=True):
         state[f"rm_head.{i}.weight"] = torch.randn(n_out, n_in, generator=g) * 0.3
         state[f"rm_head.{i}.bias"] = torch.randn(n_out, generator=g) * 0.1
-    config = model.config
-    config.text_config.vocab_size += 1
-    config.save_pretrained(str(base))
     ckpt = folder / "HPSv3.safetensors"
     save_file(state, str(ckpt))
     return base, ckpt
+
+
+def save_tiny_videoalign(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(``base/``: a tiny Qwen2-VL folder, ``ckpt/``: two safetensors shards under the
+    older names, the table grown by VideoAlign's three tokens, a bias-free ``rm_head``)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    base = save_tiny_qwen_vl(folder / "base", seed=seed, kind="qwen2_vl", min_pixels=28 * 28, max_pixels=56 * 56)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(str(base), local_files_only=True)
+    g = torch.Generator().manual_seed(seed + 2)
+    state: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        key = key.removeprefix("model.") if key.startswith("model.visual.") else key.replace("language_model.", "")
+        state[key] = value.contiguous()
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        state[key] = torch.cat([state[key], torch.randn(3, state[key].shape[1], generator=g)])
+    state["rm_head.weight"] = torch.randn(3, model.config.text_config.hidden_size, generator=g) * 0.3
+    keys = sorted(state)
+    (folder / "ckpt").mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        save_file({k: state[k] for k in part}, str(folder / "ckpt" / f"model-0000{i + 1}-of-00002.safetensors"))
+    return base, folder / "ckpt"
