@@ -86,7 +86,7 @@ def test_heads_equal_the_per_sample_reference(scorer: VideoAlign, tiny_videoalig
 def test_normalization_and_head_choice(tiny_videoalign, scorer: VideoAlign) -> None:
     media, prompts = make_media(2, 4, 32, 32, seed=4), make_prompts(2)
     plain = scorer.score(media, prompts).terms
-    mq = VideoAlign(msgspec.convert({**tiny_videoalign, "head": "MQ", "mean": {"MQ": 1.0}, "std": {"MQ": 2.0}},
+    mq = VideoAlign(msgspec.convert({**tiny_videoalign, "heads": ["MQ"], "mean": {"MQ": 1.0}, "std": {"MQ": 2.0}},
                                     VideoAlign.Config))
     got = mq.score(media, prompts).scores
     assert got == pytest.approx([(v - 1.0) / 2.0 for v in plain["MQ"]], abs=1e-9)

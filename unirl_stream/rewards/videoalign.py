@@ -77,8 +77,9 @@ class VideoAlignConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     """Reward model weights: a folder (or hub repo in the local cache) of safetensors shards, or one file."""
     base: str = "Qwen/Qwen2-VL-2B-Instruct"
     """Qwen2-VL folder or hub id (local cache) for the config, tokenizer and image processor."""
-    head: Literal["overall", "VQ", "MQ", "TA"] = "overall"
-    """The score: one head, or VQ + MQ + TA (all three are logged as terms)."""
+    heads: list[Literal["VQ", "MQ", "TA"]] = msgspec.field(default_factory=lambda: list(HEADS))
+    """The score is the sum of these heads (default: VQ + MQ + TA, the reference's Overall;
+    DanceGRPO trains on VQ and MQ). All three are logged as terms."""
     mean: dict[str, float] = {}
     """Per head (VQ, MQ, TA), subtracted before ``std`` divides (the checkpoint's statistics)."""
     std: dict[str, float] = {}
@@ -92,6 +93,8 @@ class VideoAlignConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         for name, table in (("mean", self.mean), ("std", self.std)):
             if set(table) - set(HEADS):
                 raise ValueError(f"{name} keys must be among {list(HEADS)}, got {sorted(table)}")
+        if not self.heads or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"heads must name each of VQ, MQ, TA at most once, got {self.heads}")
         if any(v <= 0 for v in self.std.values()):
             raise ValueError("std values must be > 0")
 
@@ -147,5 +150,5 @@ class VideoAlign:
         mean = torch.tensor([cfg.mean.get(h, 0.0) for h in HEADS], dtype=torch.float64)
         std = torch.tensor([cfg.std.get(h, 1.0) for h in HEADS], dtype=torch.float64)
         values = (raw - mean) / std
-        score = values.sum(1) if cfg.head == "overall" else values[:, HEADS.index(cfg.head)]
+        score = values[:, [HEADS.index(h) for h in cfg.heads]].sum(1)
         return ScoreBatch(scores=to_floats(score), terms={h: to_floats(values[:, k]) for k, h in enumerate(HEADS)})
