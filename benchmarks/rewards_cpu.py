@@ -36,11 +36,18 @@ def media(b: int, side: int, frames: int = 1) -> Any:
     return torch.randint(0, 256, (b, frames, side, side, 3), generator=g, dtype=torch.uint8)
 
 
+GENEVAL = [{"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}]},
+           {"tag": "color_attr", "include": [{"class": "cat", "count": 1, "color": "red"}]},
+           {"tag": "position", "include": [{"class": "dog", "count": 1},
+                                           {"class": "cat", "count": 1, "position": ["left of", 0]}]},
+           {"tag": "single_object", "include": [{"class": "car", "count": 1}]}]
+
+
 def prompts(b: int) -> list[Any]:
     from unirl_stream.api import Prompt
 
     texts = ['a red sign that says "OPEN"', 'the cat holding a "HELLO" card', 'a dog, "WOOF"', 'the red cat "MEOW"']
-    return [Prompt(id=f"bench:{i}", text=texts[i % 4]) for i in range(b)]
+    return [Prompt(id=f"bench:{i}", text=texts[i % 4], extra=GENEVAL[i % 4]) for i in range(b)]
 
 
 def throughput(rewards: Any, b: int, side: int, frames: int, min_s: float) -> float:
@@ -66,7 +73,11 @@ def build_models(root: Path) -> dict[str, dict[str, Any]]:
     ir = testing.save_tiny_imagereward(root / "imagereward")
     qwen = str(testing_vlm.save_tiny_qwen_vl(root / "qwen25vl"))
     hps3_base, hps3_ckpt = testing_vlm.save_tiny_hpsv3(root / "hpsv3")
+    owl = str(testing.save_tiny_owlv2(root / "owlv2"))
     return {
+        # GenEval rows of the 4 tags with a colour and a position among them (its detector runs
+        # once per batch; CLIP colours only where a row asks for one)
+        "geneval": {"detector": owl, "color_model": clip, "threshold": 0.5, "counting_threshold": 0.6},
         "imagereward": {"checkpoint": str(ir / "ImageReward.pt"), "med_config": str(ir / "med_config.json"),
                         "tokenizer": str(ir / "tokenizer")},
         # tiny Qwen models: 112 x 112 images (16 merged patches); the bytes-only tokenizer
