@@ -64,13 +64,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _recipe(tmp_path: Path, urls: list[str]) -> Any:
+def _recipe(tmp_path: Path, urls: list[str], steps: int = 10) -> Any:
     from unirl_stream.recipe import decode
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"prompt number {i}" for i in range(8)) + "\n")
     raw = {
-        "run": {"name": "pool", "seed": 1, "total_steps": 10, "output_dir": str(tmp_path / "runs")},
+        "run": {"name": "pool", "seed": 1, "total_steps": steps, "output_dir": str(tmp_path / "runs")},
         "model": {"name": "synthetic", "path": "synthetic", "options": {"dim": 8, "steps": 3}},
         "data": {"prompts": str(prompts)},
         "sampling": {"samples_per_prompt": 4},
@@ -119,6 +119,28 @@ def test_killing_one_replica_mid_run_loses_no_sample(replicas, tmp_path: Path) -
     assert not [r for r in rows if "reward" in r["reason"]]  # no sample was lost to the kill
     # B took over: it served everything A did not (rescored requests count twice at most)
     assert _health(url_b)["served"] >= len(ids) - killed[0]
+
+
+def test_an_overloaded_pool_holds_producers_back_within_the_gate(tmp_path: Path) -> None:
+    """A reward service slower than the producers: the reward worker blocks on it, the
+    producers idle at the staleness gate, and the store never holds more than the gate allows."""
+    from unirl_stream.pipeline.driver import run
+
+    proc, url = _serve("cost_s=0.05", "batch_size=8", max_queue=1)  # 20 samples/s at best
+    try:
+        run_dir = run(_recipe(tmp_path, [url], steps=4), run_dir=tmp_path / "slow", live=False)
+        health = _health(url)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    snaps = [s for s in lines if isinstance(s, dict) and s.get("kind") == "pipeline"]
+    peak = max(s["store"]["samples"] for s in snaps)
+    bound = (1 + 2) * 2 * 4  # (max_staleness + 2) versions x groups_per_step x samples_per_prompt
+    assert 8 <= peak <= bound, peak  # measured 16: the gate, not the reward's speed, bounds it
+    rollout = [st for st in snaps[-1]["stages"] if st["name"] == "rollout"][0]
+    assert rollout["idle_frac"] > 0.5  # producers mostly waited for the reward to catch up
+    assert health["served"] >= 4 * 8  # (the server's own bound: the 12-sender test below)
 
 
 def test_all_dead_names_every_endpoint() -> None:
