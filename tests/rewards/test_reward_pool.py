@@ -159,6 +159,16 @@ def test_all_dead_names_every_endpoint() -> None:
     assert client.metrics()["endpoints_alive"] == 0.0
 
 
+def test_a_run_whose_endpoints_all_die_stops_naming_them(tmp_path: Path) -> None:
+    from unirl_stream.pipeline.driver import RunFailed, run
+
+    ports = [_free_port(), _free_port()]
+    with pytest.raises(RunFailed) as err:
+        run(_recipe(tmp_path, [f"http://127.0.0.1:{p}" for p in ports], steps=2), run_dir=tmp_path / "dead", live=False)
+    assert "all 2 remote reward services failed" in str(err.value)
+    assert all(f"127.0.0.1:{p}" in str(err.value) for p in ports)
+
+
 def test_failover_reports_pool_metrics(replicas) -> None:
     (a, url_a), (_, url_b) = replicas
     a.kill()
