@@ -18,6 +18,7 @@ from unirl_stream.api import UserInputError
 from unirl_stream.rewards.combine import RewardSet
 from unirl_stream.rewards.config import RewardSpec
 from unirl_stream.rewards.hpsv3 import INSTRUCTION, SUFFIX, HPSv3
+from unirl_stream.rewards.qwen_vl import QwenVL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,7 +43,7 @@ def _smart_resize(h: int, w: int, pixels: int, factor: int = 28) -> tuple[int, i
 @pytest.mark.parametrize(("h", "w"), [(48, 64), (512, 512), (480, 832), (100, 37)])
 def test_pixels_match_the_reference_resize(scorer: HPSv3, h: int, w: int) -> None:
     """Reference: PIL bicubic to the smart_resize grid, then Qwen's processor at its own
-    (wide) bounds; ours: the processor alone at min = max = pixels. Equal while the
+    (wide) bounds; ours: QwenVL.patches at min = max = pixels. Equal while the
     reference's first resize stays above Qwen's own minimum (3136 px): true at HPSv3's
     200704 px, not at the tiny tests' 3136, so those two sizes are checked here."""
     img = make_media(1, 1, h, w, seed=h + w)[0, 0].numpy()
@@ -50,10 +51,10 @@ def test_pixels_match_the_reference_resize(scorer: HPSv3, h: int, w: int) -> Non
         nh, nw = _smart_resize(h, w, pixels)
         ref_img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
         ref = Qwen2VLImageProcessorPil()(images=[ref_img], return_tensors="pt")
-        ours = scorer.vl.image_processor(images=[img], size={"shortest_edge": pixels, "longest_edge": pixels},
-                                         return_tensors="pt")
-        assert ours["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist() == [[1, nh // 14, nw // 14]]
-        torch.testing.assert_close(ours["pixel_values"], ref["pixel_values"], rtol=0, atol=1e-6)
+        vl = QwenVL(scorer.vl.model, scorer.vl.tokenizer, scorer.vl.image_processor, "cpu", pixels, pixels)
+        rows, grid = vl.patches(img[None])
+        assert [grid] == ref["image_grid_thw"].tolist() == [[1, nh // 14, nw // 14]]
+        torch.testing.assert_close(rows, ref["pixel_values"], rtol=0, atol=1e-6)
 
 
 def test_score_is_mu_of_the_head_at_the_reward_token(scorer: HPSv3, tiny_hpsv3) -> None:

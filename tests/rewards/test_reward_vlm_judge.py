@@ -9,10 +9,12 @@ import msgspec
 import pytest
 import torch
 from reward_helpers import make_media, make_prompts
+from transformers import Qwen2VLImageProcessorPil
 
 from unirl_stream.api import UserInputError
 from unirl_stream.rewards.combine import RewardSet
 from unirl_stream.rewards.config import RewardSpec
+from unirl_stream.rewards.qwen_vl import QwenVL
 from unirl_stream.rewards.vlm_judge import VlmJudge
 
 pytestmark = pytest.mark.timeout(120)
@@ -66,6 +68,20 @@ def test_batched_scores_equal_the_per_sample_reference(judges, scale: str) -> No
     split = [v for k in range(0, 5, 2) for v in judge.score(media[k : k + 2], prompts[k : k + 2]).scores]
     assert max(abs(a - b) for a, b in zip(got, split, strict=True)) < 1e-5
     assert judge.score(media, prompts).scores == got  # deterministic
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(3136, 448 * 448), (256 * 28 * 28, 256 * 28 * 28), (3136, 3136)])
+def test_patches_equal_the_pil_image_processor(judges, lo: int, hi: int) -> None:
+    """QwenVL.patches (tensors, batched over frames) against Qwen2VLImageProcessorPil."""
+    base = judges["yes_no"].vl
+    vl = QwenVL(base.model, base.tokenizer, base.image_processor, "cpu", lo, hi)
+    for h, w in [(48, 64), (512, 512), (480, 832), (100, 37), (227, 224)]:
+        img = make_media(1, 1, h, w, seed=h * w)[0, 0].numpy()
+        ref = Qwen2VLImageProcessorPil()(images=[img], size={"shortest_edge": lo, "longest_edge": hi},
+                                         return_tensors="pt")
+        rows, grid = vl.patches(img[None])
+        assert [grid] == ref["image_grid_thw"].tolist()
+        torch.testing.assert_close(rows, ref["pixel_values"], rtol=0, atol=1e-6)
 
 
 def test_inputs_expand_each_image_pad_to_its_merged_patches(judges) -> None:

@@ -4,12 +4,14 @@ Loading: the tokenizer (with its chat template), the image processor and the mod
 ``from_pretrained`` on a local folder or a hub id in the local cache (``local_files_only``).
 
 Inputs: what ``Qwen2_5_VLProcessor`` does, done here because that class insists on its
-video processor, which needs torchvision (not installable beside the CPU torch): the chat
-template renders one user turn (image, then text), the image processor (the PIL one, the
-reference path) gives ``pixel_values`` and each image's patch grid, and every
-``<|image_pad|>`` is repeated ``t * h * w / merge_size**2`` times, exactly as the processor
-expands it, and ``mm_token_type_ids`` marks the image tokens (without it transformers
-silently falls back to 1-D positions). Prompts are left-padded, so the last position of every row is the next token.
+video processor, which needs torchvision (not installable beside the CPU torch), and
+because its PIL image processor costs ~26 ms per 512 px image on one host core (likely what
+held the 7B scorers to ~20 images/s on an H200; not profiled there): the chat template renders one user turn (image or video, then
+text), ``QwenVL.patches`` reproduces the image processor on tensors (batched over frames,
+on the scorer's device), every ``<|image_pad|>`` / ``<|video_pad|>`` is repeated
+``t * h * w / merge_size**2`` times as the processor expands it, and ``mm_token_type_ids``
+marks those tokens (without it transformers silently falls back to 1-D positions). Prompts
+are left-padded, so the last position of every row is the next token.
 """
 
 from __future__ import annotations
@@ -33,68 +35,84 @@ class QwenVL:
                  min_pixels: int = 0, max_pixels: int = 0) -> None:
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
         self.device = device
+        ip = image_processor
+        if getattr(ip, "resample", 3) not in (3, None) or not (ip.do_resize and ip.do_rescale and ip.do_normalize):
+            raise UserInputError(f"unsupported Qwen-VL image processor settings (resample={ip.resample}, "
+                                 f"resize/rescale/normalize={ip.do_resize}/{ip.do_rescale}/{ip.do_normalize}); "
+                                 f"expected bicubic and all three on, as the published models")
         size = image_processor.size
         # 0 keeps the processor's bounds; the real 7B default (12.8 MP) is far too slow for RL
         self.size = {"shortest_edge": min_pixels or int(size.shortest_edge),
                      "longest_edge": max_pixels or int(size.longest_edge)}
         self.tokenizer.padding_side = "left"
 
-    def inputs(self, images: Sequence[Any], texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One user turn per (uint8 [H, W, 3] image, text), left-padded, on the device."""
-        messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}] for t in texts]
-        rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-                    for m in messages]
-        pixels = self.image_processor(images=list(images), size=self.size, return_tensors="pt")
-        merge = int(self.image_processor.merge_size) ** 2
-        expanded = []
-        for text, grid in zip(rendered, pixels["image_grid_thw"], strict=True):
-            if text.count(IMAGE_PAD) != 1:
-                raise UserInputError(f"the chat template rendered {text.count(IMAGE_PAD)} image pads, expected 1")
-            expanded.append(text.replace(IMAGE_PAD, IMAGE_PAD * (int(grid.prod()) // merge)))
-        tok = self.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False)
-        dtype = next(self.model.parameters()).dtype
-        ids = tok["input_ids"]
-        # 1 marks image tokens, as the processor returns it: M-RoPE positions need it
-        kinds = (ids == self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)).int()
-        return {"input_ids": ids.to(self.device), "attention_mask": tok["attention_mask"].to(self.device),
-                "mm_token_type_ids": kinds.to(self.device),
-                "pixel_values": pixels["pixel_values"].to(self.device, dtype),
-                "image_grid_thw": pixels["image_grid_thw"].to(self.device)}
+    def patches(self, frames: Any) -> tuple[torch.Tensor, list[int]]:
+        """uint8 [F, H, W, 3] (F = 1: an image; else a video, F a multiple of the temporal
+        patch) -> (patch rows [t * h * w, C * T * P * P] on the device, grid [t, h, w]).
 
-    def video_inputs(self, videos: Sequence[Any], texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One user turn per (uint8 [F, H, W, 3] video, text); F even (pairs of frames).
-
-        Qwen's video processor needs torchvision, so its layout is built from the image
-        processor's: an image's patch rows are (C, T, P, P) with its frame repeated over
-        the T = 2 temporal slots, in the same spatial order a video uses for each pair of
-        frames; slot 0 of frames 2t and 2t + 1 therefore make video patch group t.
+        What Qwen2VLImageProcessor does per image, on tensors and batched over frames:
+        ``smart_resize`` to the grid, PIL's bicubic (``clip_common.pil_bicubic``: PIL's
+        pixels exactly), rescale, normalize, then Qwen's flattening of (t, T, C, h/m, m, P,
+        w/m, m, P) into rows of (C, T, P, P) in merge-block order; an image fills the T
+        temporal slots with itself. Tests hold it to the PIL processor within 1e-6.
         """
         import torch
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-        messages = [[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": t}]}] for t in texts]
-        rendered = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-                    for m in messages]
+        from unirl_stream.rewards.clip_common import pil_bicubic
+
         ip = self.image_processor
-        t_patch, p, merge = int(ip.temporal_patch_size), int(ip.patch_size), int(ip.merge_size) ** 2
+        p, m, t_patch = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
+        x = torch.as_tensor(frames).to(self.device)
+        f, h, w = x.shape[0], x.shape[1], x.shape[2]
+        if f > 1 and f % t_patch:
+            raise UserInputError(f"a video needs a multiple of {t_patch} frames, got {f}")
+        nh, nw = smart_resize(h, w, p * m, min_pixels=self.size["shortest_edge"], max_pixels=self.size["longest_edge"])
+        x = pil_bicubic(x.permute(0, 3, 1, 2).double().contiguous(), nh, nw) * float(ip.rescale_factor)
+        mean = torch.tensor(ip.image_mean, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).float()
+        if f == 1:
+            x = x.expand(t_patch, -1, -1, -1)
+        g, gh, gw = x.shape[0] // t_patch, nh // p, nw // p
+        x = x.reshape(g, t_patch, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        return x.reshape(g * gh * gw, 3 * t_patch * p * p), [g, gh, gw]
+
+    def inputs(self, images: Sequence[Any], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One user turn per (uint8 [H, W, 3] image, text), left-padded, on the device."""
+        out = self._turns([im[None] for im in images], texts, "image", IMAGE_PAD, 1)
+        out["pixel_values"], out["image_grid_thw"] = out.pop("pixels"), out.pop("grids")
+        return out
+
+    def video_inputs(self, videos: Sequence[Any], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One user turn per (uint8 [F, H, W, 3] video, text); F a multiple of 2."""
+        out = self._turns(list(videos), texts, "video", VIDEO_PAD, 2)
+        out["pixel_values_videos"], out["video_grid_thw"] = out.pop("pixels"), out.pop("grids")
+        return out
+
+    def _turns(self, media: list[Any], texts: Sequence[str], kind: str, pad: str, type_id: int) -> dict[str, Any]:
+        import torch
+
+        rendered = [self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": t}]}],
+            tokenize=False, add_generation_prompt=True) for t in texts]
+        merge = int(self.image_processor.merge_size) ** 2
         rows, grids, expanded = [], [], []
-        for video, text in zip(videos, rendered, strict=True):
-            if len(video) % t_patch or text.count(VIDEO_PAD) != 1:
-                raise UserInputError(f"a video needs a multiple of {t_patch} frames and one video pad in its turn")
-            px = ip(images=list(video), size=self.size, return_tensors="pt")
-            grid = px["image_grid_thw"][0]
-            frames = px["pixel_values"].view(len(video), int(grid.prod()), 3, t_patch, p, p)[:, :, :, 0]
-            pairs = frames.view(len(video) // t_patch, t_patch, *frames.shape[1:]).permute(0, 2, 3, 1, 4, 5)
-            rows.append(pairs.reshape(-1, 3 * t_patch * p * p))
-            grids.append(torch.tensor([len(video) // t_patch, int(grid[1]), int(grid[2])]))
-            expanded.append(text.replace(VIDEO_PAD, VIDEO_PAD * (int(grids[-1].prod()) // merge)))
+        for item, text in zip(media, rendered, strict=True):
+            if text.count(pad) != 1:
+                raise UserInputError(f"the chat template rendered {text.count(pad)} {pad} tokens, expected 1")
+            r, grid = self.patches(item)
+            rows.append(r)
+            grids.append(grid)
+            expanded.append(text.replace(pad, pad * (grid[0] * grid[1] * grid[2] // merge)))
         tok = self.tokenizer(expanded, padding=True, return_tensors="pt", add_special_tokens=False)
         ids = tok["input_ids"]
-        kinds = 2 * (ids == self.tokenizer.convert_tokens_to_ids(VIDEO_PAD)).int()  # 2: video, as the processor
+        # marks the media tokens (1 image, 2 video), as the processor returns it: M-RoPE needs it
+        kinds = type_id * (ids == self.tokenizer.convert_tokens_to_ids(pad)).int()
         dtype = next(self.model.parameters()).dtype
         return {"input_ids": ids.to(self.device), "attention_mask": tok["attention_mask"].to(self.device),
-                "mm_token_type_ids": kinds.to(self.device),
-                "pixel_values_videos": torch.cat(rows).to(self.device, dtype),
-                "video_grid_thw": torch.stack(grids).to(self.device)}
+                "mm_token_type_ids": kinds.to(self.device), "pixels": torch.cat(rows).to(dtype),
+                "grids": torch.tensor(grids, device=self.device)}
 
     def single_token(self, text: str, field: str, scorer: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
