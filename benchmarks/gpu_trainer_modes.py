@@ -41,7 +41,7 @@ def replay_time(policy: Any, clock: Clock, repeats: int, dp: Any) -> tuple[float
     td["advantage"] = torch.ones(1)
     alg = policy.recipe.algorithm
     opt = make_optimizer(policy, alg)
-    step = lambda: train_on_batch(policy, GRPO(alg), opt, [prompt], td, alg, bump_version=False, dp=dp)  # noqa: E731
+    step = lambda: train_on_batch(policy, GRPO(alg), opt, [prompt], td, alg, dp=dp)  # noqa: E731
     clock(step)  # warm-up
     best, peak = float("inf"), 0.0
     for _ in range(repeats):

@@ -96,8 +96,7 @@ def load_pair(ctx: Ctx) -> tuple[Any, Any, Any]:
         for name, p in [(n, p) for m in trainer.trained.values() for n, p in m.named_parameters()]:
             if "lora_B" in name:
                 p.copy_((torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) * LIVE_B)
-    producer.load_weights(trainer.export_weights(), 1)
-    trainer.version = 1
+    producer.load_weights(trainer.export_weights())
     return recipe, producer, trainer
 
 
@@ -267,8 +266,7 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
     t_pair = _timed_pair(ctx, bare_pair(trainer), 1 if ctx.a.tiny else 3)
     pair_peak = ctx.clock.peak_gib()
     out = {"pair": t_pair}
-    for name, run in (("grpo", lambda: train_on_batch(trainer, GRPO(alg), opt, [prompt], td, alg,
-                                                      bump_version=False)),
+    for name, run in (("grpo", lambda: train_on_batch(trainer, GRPO(alg), opt, [prompt], td, alg)),
                       ("proximal", lambda: batch_logprobs(trainer, [prompt], td, alg.micro_batch))):
         out[name + "_first"], _ = ctx.clock(run)
         if tag != "eager":  # a compiled second call still recompiled once in the CPU dry run

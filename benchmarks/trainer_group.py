@@ -119,7 +119,7 @@ class _Producer:
         while (got := self.weights.poll(held)) is None:
             time.sleep(0.001)
         t1 = time.time()
-        tensors = load(got[1])
+        tensors = load(got.blob)
         return t1 - t0, time.time() - t1, len(tensors)
 
 
@@ -128,13 +128,13 @@ def publish(rows: Rows, repeats: int, tmp: Path) -> None:
     import torch
     from safetensors.torch import save
 
-    from unirl_stream.pipeline.control import Control, CoordinatorWeights
+    from unirl_stream.pipeline.control import ControlClient, CoordinatorWeights
     from unirl_stream.pipeline.coordinator import Coordinator
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=8).remote(
         str(tmp / "run"), ["p:0"], 0, False, 1, 1, 1, 1)
-    ctl = Control(coord)
+    ctl = ControlClient(coord)
     producer = ray.remote(_Producer).options(num_cpus=0).remote(ctl)
     # 0.42 B parameters in tensors of a real adapter's shapes (A: r x 5120, B: 5120 x r)
     n_pairs = A14B_LORA_PARAMS // (2 * 64 * 5120)

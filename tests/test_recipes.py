@@ -19,7 +19,7 @@ from unirl_stream.algorithms.schedule import HIGH, LOW, expert_of_steps, sigma_g
 from unirl_stream.algorithms.selection import reachable_steps
 from unirl_stream.data import load_prompts
 from unirl_stream.recipe import Recipe, decode, load, to_toml
-from unirl_stream.validate import check_recipe
+from unirl_stream.validate import check_recipe, load_checked
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 ALL = sorted(RECIPES.glob("*.toml"))
@@ -31,7 +31,7 @@ def test_the_two_headline_recipes_exist() -> None:
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_recipe_decodes_validates_and_round_trips(path: Path) -> None:
-    recipe = load(path, check=False)
+    recipe = load(path)
     warnings = check_recipe(recipe, str(path), check_weights=False)
     # Only the weights may be missing on a test machine; nothing else may warn.
     assert all(": model.path: " in w for w in warnings), warnings
@@ -53,7 +53,7 @@ def test_recipe_starts_with_what_hardware_command(path: Path) -> None:
 
 
 def test_quickstart_is_the_tiny_cpu_run() -> None:
-    r = load(RECIPES / "quickstart.toml")  # full check: the tiny model needs no download
+    r = load_checked(RECIPES / "quickstart.toml")[0]  # full check: the tiny model needs no download
     assert (r.model.name, r.model.path, r.model.dtype, r.model.device) == (
         "wan22", "tiny:two_expert", "float32", "cpu")
     s = r.sampling
@@ -70,7 +70,7 @@ def test_quickstart_is_the_tiny_cpu_run() -> None:
 
 
 def test_wan22_recipe_mirrors_the_published_setup() -> None:
-    r: Recipe = load(RECIPES / "wan22_dancegrpo.toml", check=False)
+    r: Recipe = load(RECIPES / "wan22_dancegrpo.toml")
     assert (r.model.name, r.model.path, r.model.dtype) == (
         "wan22", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "bfloat16")
     assert r.model.boundary_ratio is None  # 0.875 comes from the checkpoint

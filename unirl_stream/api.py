@@ -7,7 +7,8 @@ plugins) and the small typed values that pass between them. It imports nothing h
 in milliseconds; tensor types appear only under ``TYPE_CHECKING``.
 
 Implementations live beside it: ``storage/``, ``stages/``, ``models/``, ``rewards/``,
-``algorithms/``. Anything that crosses a process boundary is either a msgspec Struct
+``algorithms/``. Two more contract modules sit next to it: ``control.py`` (what a stage
+may ask of its run) and ``events.py`` (the metrics bus). Anything that crosses a process boundary is either a msgspec Struct
 (msgpack on our own sockets, never pickle) or a TensorDict in the store.
 """
 
@@ -68,6 +69,11 @@ class UserInputError(UnirlError):
     exit_code = 2
 
 
+class MissingWeightsError(UserInputError):
+    """A model's or scorer's checkpoint is not on this machine (the message names the path
+    and how to get it). ``validate`` reports it as a warning; ``run`` fails on it."""
+
+
 class StoreError(UnirlError):
     """A store operation failed; the message names the sample id or the address."""
 
@@ -119,6 +125,23 @@ class Claim(msgspec.Struct, frozen=True):
     claim_id: str
     ids: tuple[str, ...]
     deadline: float
+
+
+class TaskSpec(msgspec.Struct, frozen=True):
+    """A consumer task: a stage claims samples that have every field in ``requires``
+    (``by_group``: whole groups only). The arguments of ``SampleStore.register_task``."""
+
+    name: str
+    requires: tuple[str, ...]
+    by_group: bool = False
+
+
+# The fields the built-in stages share, by their public names: any stage (a plugin stage
+# too) may read them; each is written by exactly one stage.
+MEDIA = "media"  # uint8 [F, H, W, 3]: what scorers see (rollout)
+REWARD = "reward"  # float32: the weighted total of the reward terms (reward)
+TRAINABLE = "trainable"  # uint8: 0 = ended upstream, its ledger row is written; never trained (reward)
+ADVANTAGE = "advantage"  # float32: normalised within the sample's group (reward, per group)
 
 
 class TaskStats(msgspec.Struct):
@@ -224,19 +247,23 @@ class Policy(Protocol):
     in the process that uses it; ``role`` is ``"producer"`` (rollout only: a policy may then
     run its adapters in the dtype of inference after each weight load) or ``"trainer"``.
     ``check(recipe)`` is a cheap classmethod run by the validator before any actor starts:
-    it raises UserInputError naming missing weights (path + how to get them).
+    it raises MissingWeightsError naming missing weights (path + how to get them), and
+    UserInputError naming the recipe key for what this model cannot do (its geometry).
 
     Trajectories are TensorDicts with batch size [B]; which fields they hold is the
     policy's business (declared through ``field_specs``), but every policy writes
     ``media`` (uint8 [B, F, H, W, 3], what scorers see) and ``log_probs`` (fp32 [B, K]).
-    """
 
-    version: int  # policy version of the weights currently loaded
+    A policy holds weights, not versions: the trainer owns the policy version, and whoever
+    samples says which version its weights are (it picks MixGRPO's window; the store keeps
+    it in ``SampleMeta.behavior_version``).
+    """
 
     def field_specs(self) -> list[FieldSpec]: ...
 
-    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> TensorDict:
-        """Sample one trajectory per (prompt, seed) with the current weights, no grad."""
+    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> TensorDict:
+        """Sample one trajectory per (prompt, seed) with the current weights (policy
+        version ``version``), no grad."""
         ...
 
     def logprobs(self, prompts: Sequence[Prompt], batch: TensorDict) -> torch.Tensor:
@@ -254,7 +281,7 @@ class Policy(Protocol):
         """The trainable weights (LoRA by default) as safetensors bytes."""
         ...
 
-    def load_weights(self, blob: bytes, version: int) -> None: ...
+    def load_weights(self, blob: bytes) -> None: ...
 
 
 # --------------------------------------------------------------------------------------
@@ -333,110 +360,17 @@ class StepResult(msgspec.Struct):
     dropped: int = 0
     metrics: dict[str, float] = {}
     done: bool = False  # the stage has finished its work for this run
+    policy_version: int | None = None  # the version of the weights the stage holds, if any
 
 
 class Stage(Protocol):
     """A stage is one method: ``step`` does one unit of work against the store.
 
-    Stages are built with ``Stage(ctx)`` where ``ctx`` is a ``StageContext``; they never
-    import each other and exchange nothing but store fields. The runner (in-process loop
-    or Ray actor) calls ``step`` until ``done`` or the run stops.
+    Stages are built with ``Stage(ctx)`` where ``ctx`` is a ``stages.base.StageContext``;
+    they never import each other and exchange nothing but store fields. The runner
+    (in-process loop or Ray actor) calls ``step`` until ``done`` or the run stops. A stage
+    class may declare the store tasks it claims from with a classmethod
+    ``tasks(recipe) -> list[TaskSpec]``; the driver registers them before any stage starts.
     """
 
     def step(self) -> StepResult: ...
-
-
-# --------------------------------------------------------------------------------------
-# Metrics (sent over the metrics bus as msgpack; see pipeline/metrics.py)
-# --------------------------------------------------------------------------------------
-class MetricEvent(msgspec.Struct, tag=True):
-    """Base of everything on the metrics bus. ``t`` is time.time() at the sender."""
-
-    run_id: str
-    source: str  # e.g. "rollout/0", "trainer/0", "driver"
-    t: float
-
-
-class StageTick(MetricEvent, tag="stage"):
-    """A stage worker's counters since its previous tick (sent about once a second)."""
-
-    stage: str = ""
-    worker: int = 0
-    processed: int = 0
-    dropped: int = 0
-    busy_s: float = 0.0
-    idle_s: float = 0.0
-    policy_version: int = -1  # version the worker holds (producers), -1 if n/a
-    values: dict[str, float] = {}
-
-
-class TrainStep(MetricEvent, tag="train"):
-    step: int = 0
-    policy_version: int = 0
-    samples: int = 0
-    loss: float = 0.0
-    clip_frac: float = 0.0
-    approx_kl: float = 0.0
-    grad_norm: float = 0.0
-    reward_mean: float = 0.0
-    reward_std: float = 0.0
-    reward_terms: dict[str, float] = {}
-    staleness: list[int] = []  # staleness of each consumed sample
-    rewards: list[float] = []  # reward of each trained sample (histograms)
-    publish_latency_s: float = 0.0
-
-
-class SampleOutcome(MetricEvent, tag="outcome"):
-    """One ledger row: how a sample id ended (trained or dropped)."""
-
-    sample_id: str = ""
-    prompt_id: str = ""
-    status: Literal["trained", "dropped"] = "trained"
-    reason: str = ""
-    behavior_version: int = 0
-    trained_at_version: int = -1
-    staleness: int = -1
-    reward: float | None = None
-    advantage: float | None = None
-
-
-class StoreTick(MetricEvent, tag="store"):
-    stats: StoreStats = msgspec.field(default_factory=StoreStats)
-
-
-class MediaSample(MetricEvent, tag="media"):
-    """A sample's media written under the run directory (paths relative to it)."""
-
-    sample_id: str = ""
-    group: str = ""
-    prompt: str = ""
-    version: int = 0  # the policy version that sampled it
-    rank: str = ""  # "best", "median" or "worst" of its group, by reward
-    reward: float = 0.0
-    terms: dict[str, float] = {}  # unweighted value of each reward term
-    advantage: float = 0.0
-    staleness: int = 0  # trainer's version minus ``version`` when it was scored
-    poster: str = ""  # PNG
-    anim: str | None = None  # animated WebP of a video; None for an image
-    frames: int = 1
-
-
-METRIC_EVENT = StageTick | TrainStep | SampleOutcome | StoreTick | MediaSample
-
-
-class MetricSink(Protocol):
-    """Where metric events go (the bus, a file, wandb, nothing). Never blocks long."""
-
-    def emit(self, event: MetricEvent) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class NullSink:
-    """The null object: stages always have a sink; no ``if sink:`` anywhere."""
-
-    def emit(self, event: MetricEvent) -> None:
-        return None
-
-    def close(self) -> None:
-        return None

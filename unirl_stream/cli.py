@@ -11,13 +11,11 @@ their commands, so ``validate``, ``plan`` and ``plugins`` start in well under a 
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import re
 import sys
 import traceback
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any
 
 import msgspec
@@ -48,22 +46,6 @@ SetOption = Annotated[
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe TOML file.", show_default=False)]
 
 
-class _Unavailable(Exception):
-    """A component module of this package is not part of this build (yet)."""
-
-
-def _component(module: str) -> ModuleType:
-    """Import one of our own modules, telling 'not there' apart from 'broken'."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        # Only the module itself (or its package) missing means "not available"; a missing
-        # dependency inside it is a real failure and propagates.
-        if e.name is not None and module.startswith(e.name):
-            raise _Unavailable(module) from e
-        raise
-
-
 def _err(text: str) -> None:
     # Plain writes, not rich: recipe errors contain [brackets] that rich would eat.
     sys.stderr.write(f"{text}\n")
@@ -90,15 +72,6 @@ def _root(
         _state["debug"] = True
 
 
-def _load_checked(recipe: Path, overrides: list[str] | None, weights: bool) -> tuple[Any, list[str]]:
-    from unirl_stream.recipe import load
-    from unirl_stream.validate import check_recipe
-
-    loaded = load(recipe, overrides or [], check=False)
-    warnings = check_recipe(loaded, str(recipe), check_weights=weights)
-    return loaded, warnings
-
-
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     """Check a recipe (types, ranges, plugins, files) and print it resolved, as TOML.
@@ -107,8 +80,9 @@ def validate(recipe: RecipeArg, set_: SetOption = None) -> None:
     without the checkpoint); `run` fails on them.
     """
     from unirl_stream.recipe import to_toml
+    from unirl_stream.validate import load_checked
 
-    loaded, warnings = _load_checked(recipe, set_, weights=False)
+    loaded, warnings = load_checked(recipe, set_, check_weights=False)
     for w in warnings:
         _err(f"warning: {w}")
     sys.stdout.write(to_toml(loaded))
@@ -144,16 +118,12 @@ def run(
         raise UserInputError("run: give a RECIPE file, or --resume RUN_DIR to continue a run")
     if resume is not None and run_dir is not None:
         raise UserInputError("--run-dir: not with --resume (the run continues in RUN_DIR)")
-    # With --resume the driver loads and checks the saved recipe (after taking the run
-    # directory's lock); a recipe given as well is only compared with it.
-    loaded = _load_checked(recipe, set_, weights=resume is None)[0] if recipe is not None else None
-    try:
-        driver = _component("unirl_stream.pipeline.driver")
-    except _Unavailable:
-        raise UserInputError(
-            f"{recipe}: the recipe is valid, but the pipeline is not available yet in this "
-            "build (unirl_stream.pipeline.driver is missing); nothing was trained"
-        ) from None
+    # The driver validates the recipe it runs, once (with --resume: the saved one, after
+    # taking the run directory's lock; a recipe given as well is only compared with it).
+    from unirl_stream.recipe import load
+
+    loaded = load(recipe, set_) if recipe is not None else None
+    driver = importlib.import_module("unirl_stream.pipeline.driver")
     live = not no_live and (loaded.logging.live if loaded is not None else True)
     from unirl_stream.pipeline import quiet
 
@@ -214,11 +184,7 @@ def monitor(
     from rich.console import Console
 
     console = Console()
-    try:
-        mod = _component("unirl_stream.monitor.cli")
-    except _Unavailable:
-        console.print(f"{run_dir}: nothing to show: the monitor is not available yet in this build")
-        return
+    mod = importlib.import_module("unirl_stream.monitor.cli")
     code = mod.monitor_command(run_dir, once, as_json, plot, console)
     raise typer.Exit(int(code))
 
@@ -281,27 +247,20 @@ def reward_serve(
 ) -> None:
     """Serve one reward model over the network for `remote` rewards of other runs."""
     from unirl_stream import registry
-    from unirl_stream.recipe import apply_overrides
+    from unirl_stream.tomlio import apply_overrides
 
     options: dict[str, Any] = {}
     apply_overrides(options, set_ or [])
     plugin = registry.load("rewards", registry.entry("rewards", reward, where="--reward").name)
     # Bad options fail here (exit 2), before anything listens: "--set options.value: ..."
     registry.decode_options(plugin, options, "--set options")
-    try:
-        server = _component("unirl_stream.rewards.server")
-    except _Unavailable:
-        raise UserInputError(
-            "reward-serve: the reward server is not available yet in this build"
-        ) from None
+    server = importlib.import_module("unirl_stream.rewards.server")
+
     def ready(bound: int) -> None:  # with --port 0 this is the only way to learn the port
         sys.stdout.write(f"serving reward {reward!r} on http://{host}:{bound} (Ctrl-C stops)\n")
         sys.stdout.flush()
 
-    if "ready" in inspect.signature(server.serve).parameters:
-        server.serve(reward, options, host, port, ready=ready, max_queue=max_queue)
-    else:
-        server.serve(reward, options, host, port)
+    server.serve(reward, options, host, port, ready=ready, max_queue=max_queue)
 
 
 def _debug_default() -> bool:

@@ -20,7 +20,8 @@ import msgspec
 from msgspec import inspect as mi
 
 from unirl_stream import registry
-from unirl_stream.recipe import Recipe, _toml_value
+from unirl_stream.recipe import Recipe
+from unirl_stream.tomlio import toml_value
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
 _OUR_DIST = "unirl-stream"
@@ -176,7 +177,7 @@ def default_text(f: mi.Field) -> str:
         return "unset"
     if isinstance(value, msgspec.Struct):
         return "(table)"
-    return "`" + _toml_value(msgspec.to_builtins(value)).replace("|", "\\|") + "`"
+    return "`" + toml_value(msgspec.to_builtins(value)).replace("|", "\\|") + "`"
 
 
 def _cell(text: str) -> str:

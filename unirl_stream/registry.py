@@ -116,6 +116,6 @@ def decode_options(plugin: Any, options: dict[str, Any], where: str) -> Any:
     try:
         return msgspec.convert(options, config_type)
     except msgspec.ValidationError as e:
-        from unirl_stream.recipe import explain
+        from unirl_stream.explain import explain
 
         raise UserInputError(f"{where}.{explain(e, options, config_type)}") from None

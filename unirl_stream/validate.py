@@ -1,6 +1,8 @@
 """Checks that need more than types: plugins exist, options decode, files and weights exist.
 
-Runs in the driver before any actor starts; everything here is cheap (no model loading).
+Runs once per run, in the driver, before any actor starts (and in ``unirl-stream validate``);
+everything here is cheap (no model loading). Rules that belong to one model (its VAE's
+frame counts, its patch size, its checkpoint layout) are that plugin's ``check(recipe)``.
 Every error is ``<file>: <dotted.path>: <reason>`` (UserInputError, CLI exit code 2).
 """
 
@@ -8,16 +10,24 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from unirl_stream import registry
-from unirl_stream.api import UserInputError
+from unirl_stream.api import MissingWeightsError, UserInputError
 from unirl_stream.data import load_prompts
-from unirl_stream.recipe import Recipe
+from unirl_stream.recipe import Recipe, load
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu)(:\d+)?)$")
+
+
+def load_checked(path: str | Path, overrides: list[str] | None = None,
+                 check_weights: bool = True) -> tuple[Recipe, list[str]]:
+    """Load a recipe file and run every check; returns (recipe, warnings)."""
+    recipe = load(path, overrides)
+    return recipe, check_recipe(recipe, str(path), check_weights=check_weights)
 
 
 def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> list[str]:
@@ -37,10 +47,12 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
         load_prompts(recipe.resolve(recipe.data.prompts))
     except UserInputError as e:
         raise UserInputError(f"{where}: data.prompts: {e}") from None
-    return _check_weights(recipe, where, strict=check_weights)
+    return _check_model_plugin(recipe, where, strict=check_weights)
 
 
-def _check_weights(recipe: Recipe, where: str, strict: bool) -> list[str]:
+def _check_model_plugin(recipe: Recipe, where: str, strict: bool) -> list[str]:
+    """The model plugin's own ``check(recipe)``: its weights, its geometry. Missing weights
+    are a warning unless ``strict`` (``validate`` runs where the checkpoint is not)."""
     model = registry.load("models", recipe.model.name)
     check = getattr(model, "check", None)
     if check is None:
@@ -49,10 +61,10 @@ def _check_weights(recipe: Recipe, where: str, strict: bool) -> list[str]:
         check(recipe)
     except UserInputError as e:
         text = str(e)
-        # Plugins may name the key themselves ("model.path: ..."); otherwise it is the path.
-        if not re.match(r"^model(\.[A-Za-z0-9_\[\]]+)*: ", text):
+        # Plugins name the key themselves ("sampling.num_frames: ..."); otherwise it is the path.
+        if not re.match(r"^[a-z_]+(\.[A-Za-z0-9_\[\]]+)*: ", text):
             text = f"model.path: {text}"
-        if strict:
+        if strict or not isinstance(e, MissingWeightsError):
             raise UserInputError(f"{where}: {text}") from None
         return [f"{where}: {text} (`validate` passes; `run` will fail until this is fixed)"]
     return []
@@ -129,11 +141,6 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
 
 def _check_sampling(recipe: Recipe, where: str) -> None:
     s = recipe.sampling
-    if (s.num_frames - 1) % 4:
-        raise UserInputError(
-            f"{where}: sampling.num_frames: expected 4k+1 (Wan's VAE compresses time by 4), "
-            f"got {s.num_frames}; try {((s.num_frames - 1) // 4) * 4 + 1}"
-        )
     sde = s.sde
     lo, hi = sde.fraction
     if lo >= hi:
@@ -150,11 +157,27 @@ def _check_sampling(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: sampling.sde.k: expected <= {in_window} (steps inside fraction), got {sde.k}"
         )
+    if sde.kernel == "cps_sde":
+        _check_cps(s, where)
     if sde.selection == "mixgrpo_window" and sde.window_size > n:
         raise UserInputError(
             f"{where}: sampling.sde.window_size: expected <= num_inference_steps ({n}), "
             f"got {sde.window_size}"
         )
+
+
+def _check_cps(s: Any, where: str) -> None:
+    from unirl_stream.algorithms.selection import reachable_steps
+
+    if s.eta > 1:
+        raise UserInputError(
+            f"{where}: sampling.eta: cps_sde takes eta in (0, 1] (the fresh noise's share is "
+            f"sin(eta pi / 2)), got {s.eta}")
+    last = s.num_inference_steps - 1
+    if last in reachable_steps(s.sde, s.num_inference_steps):
+        raise UserInputError(
+            f"{where}: sampling.sde.fraction: cps_sde cannot make the last step ({last}) stochastic "
+            f"(its next sigma is 0, so its noise is 0); end the fraction below {last}/{s.num_inference_steps}")
 
 
 def _check_pipeline(recipe: Recipe, where: str) -> None:

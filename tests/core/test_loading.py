@@ -132,6 +132,6 @@ def test_production_recipe_trains_only_experts_its_sde_steps_reach() -> None:
     path = Path(__file__).resolve().parents[2] / "recipes" / "wan22_dancegrpo.toml"
     if not path.is_file():
         pytest.skip("recipes/wan22_dancegrpo.toml not present")
-    recipe = load(path, check=False)
+    recipe = load(path)
     boundary = recipe.model.boundary_ratio if recipe.model.boundary_ratio is not None else 0.875
     assert set(recipe.model.lora.experts) <= experts_reached(recipe.sampling, boundary)

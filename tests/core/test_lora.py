@@ -28,7 +28,6 @@ def test_lora_export_then_load_into_fresh_model_reproduces_outputs() -> None:
     recipe = make_recipe("two_expert")
     trained = build_policy(recipe)
     perturb_lora(trained, seed=4, scale=0.1)
-    trained.version = 3
     blob = trained.export_weights()
     tensors = safetensors.torch.load(blob)
     assert {k.split(".")[0] for k in tensors} == {"high", "low"}
@@ -37,9 +36,8 @@ def test_lora_export_then_load_into_fresh_model_reproduces_outputs() -> None:
     before = fresh.rollout(PROMPTS[:2], [3, 4])
     want = trained.rollout(PROMPTS[:2], [3, 4])
     assert not torch.equal(before["latents"], want["latents"])
-    fresh.load_weights(blob, version=3)
+    fresh.load_weights(blob)
     got = fresh.rollout(PROMPTS[:2], [3, 4])
-    assert fresh.version == 3
     for key in want.keys():
         assert torch.equal(got[key], want[key]), key
     with torch.no_grad():
@@ -56,10 +54,9 @@ def test_load_weights_rejects_foreign_blobs() -> None:
     two = build_policy(make_recipe("two_expert"))
     only_high = build_policy(make_recipe("two_expert", model={"lora": {"experts": ["high"]}}))
     with pytest.raises(ValueError, match="holds expert 'low'"):
-        only_high.load_weights(two.export_weights(), 1)
+        only_high.load_weights(two.export_weights())
     with pytest.raises(ValueError, match="does not match the low expert"):
-        two.load_weights(only_high.export_weights(), 1)
-    assert two.version == 0 and only_high.version == 0
+        two.load_weights(only_high.export_weights())
 
 
 def test_lora_init_is_seeded_by_run_seed() -> None:

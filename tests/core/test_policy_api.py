@@ -27,7 +27,6 @@ def test_rollout_matches_declared_field_specs(layout: str) -> None:
     hw = 32 if layout == "two_expert" else 64
     assert specs["media"].shape == (5, hw, hw, 3) and specs["log_probs"].shape == (3,)
     assert specs["latents"].shape[0] == 6  # random_k: 2K slots
-    assert td["behavior_version"].tolist() == [0, 0]
     assert td.batch_size == torch.Size([2])
 
 

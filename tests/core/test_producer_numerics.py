@@ -23,7 +23,7 @@ def _pair(layout: str) -> tuple[Wan22Policy, Wan22Policy]:
     producer = Wan22Policy.from_recipe(recipe, device="cpu", role="producer")
     trainer = Wan22Policy.from_recipe(recipe, device="cpu", role="trainer")
     perturb_lora(trainer, scale=0.05)
-    producer.load_weights(trainer.export_weights(), 1)
+    producer.load_weights(trainer.export_weights())
     return producer, trainer
 
 
@@ -41,8 +41,8 @@ def test_decoupled_ratio_within_clip_range_with_bf16_producer_adapters(layout: s
     assert float(gap.max()) > CLIP
     cfg = AlgorithmConfig(micro_batch=2, updates_per_batch=1, clip_range=CLIP, behavior_weight_cap=5.0)
     frozen = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)
-    (grpo,) = train_on_batch(trainer, GRPO(cfg), frozen, PROMPTS, batch, cfg, bump_version=False)
-    (dec,) = train_on_batch(trainer, DecoupledGRPO(cfg), frozen, PROMPTS, batch, cfg, bump_version=False)
+    (grpo,) = train_on_batch(trainer, GRPO(cfg), frozen, PROMPTS, batch, cfg)
+    (dec,) = train_on_batch(trainer, DecoupledGRPO(cfg), frozen, PROMPTS, batch, cfg)
     assert grpo.clip_frac > 0.1  # GRPO's trust region is mostly spent on rounding
     assert dec.clip_frac == 0.0
     assert 1 - CLIP <= dec.ratio_min <= dec.ratio_max <= 1 + CLIP

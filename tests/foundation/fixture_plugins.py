@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from unirl_stream.api import ScoreBatch, StepResult, UserInputError
+from unirl_stream.api import MissingWeightsError, ScoreBatch, StepResult
 
 
 class FixtureModel:
@@ -30,7 +30,7 @@ class FixtureModel:
         if path.startswith("tiny:"):
             return
         if not Path(path).expanduser().is_dir():
-            raise UserInputError(
+            raise MissingWeightsError(
                 f"weights not found: {path!r} is neither a local folder nor in the cache; "
                 f"get them with `huggingface-cli download {path}`"
             )

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unirl_stream.api import UserInputError
-from unirl_stream.recipe import Recipe, _dump_toml, decode, load, to_toml
+from unirl_stream.recipe import Recipe, decode, to_toml
+from unirl_stream.tomlio import dump
+from unirl_stream.validate import load_checked
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = set(Recipe.__struct_fields__) - {"source"}
@@ -124,9 +126,9 @@ def _clean(value: Any) -> Any:
 
 
 def check_outcome(path: Path, raw: dict[str, Any], ops: list[str]) -> None:
-    path.write_text(_dump_toml(_clean(raw)), encoding="utf-8")
+    path.write_text(dump(_clean(raw)), encoding="utf-8")
     try:
-        recipe = load(path, check=True, check_weights=False)
+        recipe = load_checked(path, check_weights=False)[0]
     except UserInputError as e:
         text = str(e)
         assert text.startswith(f"{path}: "), (ops, text)
@@ -162,7 +164,7 @@ def _real_recipes() -> list[Path]:
 def _plugins_missing(path: Path) -> str:
     """Why a repo recipe can't be validated in this build ('' if it can)."""
     try:
-        load(path, check=True, check_weights=False)
+        load_checked(path, check_weights=False)
     except RuntimeError as e:  # a registered built-in whose module has not landed yet
         if "failed to import" in str(e) and "No module named 'unirl_stream." in str(e):
             return str(e)
@@ -192,7 +194,7 @@ def test_mutated_repo_recipes_never_crash(recipe: Path, tmp_path_factory: pytest
 def test_mutated_recipes_through_the_cli(base_recipe: Path, case: tuple) -> None:
     raw, ops = case
     path = base_recipe.parent / "cli.toml"
-    path.write_text(_dump_toml(_clean(raw)), encoding="utf-8")
+    path.write_text(dump(_clean(raw)), encoding="utf-8")
     result = run_cli("validate", str(path))
     assert result.code in (0, 2), (ops, result)
     assert "Traceback" not in result.text

@@ -7,15 +7,8 @@ import math
 import time
 from collections.abc import Callable
 
-from unirl_stream.api import (
-    MetricSink,
-    SampleOutcome,
-    StageTick,
-    StoreStats,
-    StoreTick,
-    TaskStats,
-    TrainStep,
-)
+from unirl_stream.api import StoreStats, TaskStats
+from unirl_stream.events import MetricSink, SampleOutcome, StageTick, StoreTick, TrainStep
 
 RUN_ID = "synth-run"
 ETA = 2
@@ -35,6 +28,7 @@ def round_events(i: int, run_id: str = RUN_ID, t: float = 0.0) -> list:
                     processed=4 + w, dropped=1 if stage == "trainer" and i % 3 == 0 else 0,
                     busy_s=0.75, idle_s=0.25,
                     policy_version=max(0, version - w) if stage == "rollout" else -1,
+                    task={"reward": "reward", "trainer": "train"}.get(stage, ""),
                     values={"queue_depth": 3.0} if stage == "rollout" else {},
                 )
             )
@@ -101,7 +95,7 @@ def start_workers(address: str, rounds: range, dt: float, stop=None) -> list:
     """One thread + one ZmqSink per source, like stage workers on the bus."""
     import threading
 
-    from unirl_stream.pipeline.metrics import ZmqSink
+    from unirl_stream.monitor.bus import ZmqSink
 
     threads = []
     for src in sources():

@@ -10,7 +10,7 @@ import time
 from monitor_synth import RUN_ID, round_events, wait_for
 
 from unirl_stream.monitor.aggregator import Aggregator
-from unirl_stream.pipeline.metrics import ZmqSink
+from unirl_stream.monitor.bus import ZmqSink
 
 ROUNDS = 300  # 300 rounds of 7-8 events, sent in bursts
 

@@ -107,7 +107,7 @@ def test_bad_frames_are_counted_not_fatal(live_agg: Aggregator) -> None:
     push.send(msgspec.msgpack.encode({"type": "train", "nope": 1}))
     from monitor_synth import round_events
 
-    from unirl_stream.pipeline.metrics import encode_event
+    from unirl_stream.monitor.bus import encode_event
 
     for e in round_events(0):
         push.send(encode_event(e))

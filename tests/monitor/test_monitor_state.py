@@ -10,17 +10,16 @@ import msgspec
 import pytest
 from monitor_synth import BATCH, ETA, RUN_ID, WORKERS, emit_round, round_events
 
-from unirl_stream.api import SampleOutcome, StageTick, StoreStats, StoreTick, TaskStats, TrainStep
+from unirl_stream.api import StoreStats, TaskStats
+from unirl_stream.events import SampleOutcome, StageTick, StoreTick, TrainStep
 from unirl_stream.monitor.aggregator import Aggregator
-from unirl_stream.monitor.state import MetricsState
-from unirl_stream.pipeline.metrics import (
-    FanoutSink,
-    JsonlSink,
+from unirl_stream.monitor.bus import (
     StageMeter,
     ZmqSink,
     decode_event,
     encode_event,
 )
+from unirl_stream.monitor.state import MetricsState
 
 
 def tick(stage: str, w: int, n: int, busy: float, idle: float, v: int = -1, **values: float) -> StageTick:
@@ -78,7 +77,7 @@ def test_store_rates_and_queue_depth() -> None:
                            put_bytes_total=2_000_000 * i, get_bytes_total=1_000_000 * i)
         st.apply(StoreTick(run_id="r", source="driver", t=10.0 + 2 * i, stats=stats), 10.0 + 2 * i)
     st.apply(tick("reward", 0, 1, 1, 0), 14.0)
-    st.apply(tick("trainer", 0, 1, 1, 0), 14.0)
+    st.apply(msgspec.structs.replace(tick("trainer", 0, 1, 1, 0), task="train"), 14.0)
     st.apply(tick("rollout", 0, 1, 1, 0, queue_depth=5.0), 14.0)
     s = st.snapshot(now=14.0)
     assert s.store.put_mb_s == pytest.approx(1.0) and s.store.get_mb_s == pytest.approx(0.5)
@@ -133,25 +132,6 @@ def test_stage_meter_ticks_busy_idle() -> None:
     assert (t.stage, t.worker, t.source, t.processed, t.policy_version) == ("reward", 1, "reward/1", 3, 2)
     assert t.busy_s == pytest.approx(0.6) and t.idle_s == pytest.approx(0.6)
     assert t.values == {"queue_depth": 3}
-
-
-def test_jsonl_and_fanout_sinks(tmp_path) -> None:
-    ledger = JsonlSink(tmp_path / "ledger.jsonl", kinds={"outcome"})
-
-    class Broken:
-        def emit(self, e) -> None:
-            raise RuntimeError("boom")
-
-        def close(self) -> None:
-            raise RuntimeError("boom")
-
-    fan = FanoutSink([Broken(), ledger])
-    n = emit_round(fan, 0)
-    fan.close()
-    rows = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in rows] == ["outcome"]
-    assert rows[0]["reason"] == "stale" and rows[0]["sample_id"] == "quickstart:0@0::sample:0"
-    assert fan.errors == n + 1
 
 
 def test_aggregator_in_process_metrics_rows(tmp_path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from monitor_synth import ETA, RUN_ID, WORKERS, emit_round
 
-from unirl_stream.api import MediaSample
+from unirl_stream.events import MediaSample
 from unirl_stream.monitor.aggregator import Aggregator
 from unirl_stream.monitor.wandb_sink import resolve_mode
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unirl_stream.api import MediaSample, TrainStep
+from unirl_stream.events import MediaSample, TrainStep
 from unirl_stream.monitor.aggregator import Aggregator
 from unirl_stream.monitor.tensorboard_sink import TB_DIR, TensorBoardSink
 

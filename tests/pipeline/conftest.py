@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from unirl_stream.recipe import Recipe, apply_overrides, decode
+from unirl_stream.recipe import Recipe, decode
+from unirl_stream.tomlio import apply_overrides
 
 
 def synthetic_recipe(tmp_path: Path, **sections: dict[str, Any]) -> Recipe:

@@ -69,8 +69,8 @@ def test_more_gpus_than_the_cluster_has_fails_before_any_actor_starts(recipe_fac
 
 def test_check_fits_counts_every_stage_together():
     from unirl_stream.api import UserInputError
-    from unirl_stream.pipeline.config import PipelineConfig, Placement, TrainerPlacement
     from unirl_stream.pipeline.placement import check_fits
+    from unirl_stream.stages.config import PipelineConfig, Placement, TrainerPlacement
 
     p = PipelineConfig(rollout_workers=6, rollout=Placement(num_gpus=1), trainer_workers=2,
                        trainer=TrainerPlacement(num_gpus=1), reward=Placement(num_gpus=0.5))

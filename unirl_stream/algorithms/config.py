@@ -11,9 +11,11 @@ Fraction = Annotated[float, Meta(ge=0, le=1)]
 
 
 class SDEConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    kernel: Literal["flow_sde", "dance_sde"] = "flow_sde"
+    kernel: Literal["flow_sde", "dance_sde", "cps_sde"] = "flow_sde"
     """``flow_sde``: Flow-GRPO's SDE (noise scaled by sqrt(sigma/(1-sigma)));
-    ``dance_sde``: DanceGRPO's constant-eta SDE. Non-SDE steps are deterministic ODE."""
+    ``dance_sde``: DanceGRPO's constant-eta SDE; ``cps_sde``: coefficient-preserving sampling
+    (each latent keeps noise share sigma; eta in (0, 1] sets the fresh noise's part,
+    sin(eta pi / 2); never the last step). Non-SDE steps are deterministic ODE."""
     selection: Literal["fraction", "random_k", "mixgrpo_window"] = "fraction"
     """Which denoising steps are stochastic (and trained)."""
     fraction: tuple[Fraction, Fraction] = (0.0, 1.0)
@@ -33,7 +35,8 @@ class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     height: Annotated[int, Meta(ge=16, multiple_of=16)] = 480
     width: Annotated[int, Meta(ge=16, multiple_of=16)] = 832
     num_frames: Annotated[int, Meta(ge=1)] = 33
-    """Wan's VAE compresses time by 4: num_frames must be 4k + 1."""
+    """Frames per sample (1 for an image model); the model plugin checks what its VAE accepts
+    (Wan: 4k + 1, its VAE compresses time by 4)."""
     num_inference_steps: Annotated[int, Meta(ge=1, le=1000)] = 20
     guidance_scale: Annotated[float, Meta(ge=0)] = 5.0
     """Classifier-free guidance for the high-noise expert (1.0 = no CFG, one forward)."""

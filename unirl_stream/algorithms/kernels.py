@@ -11,6 +11,14 @@ N(x' ; mu, s^2 I); the sampled transition is x' = mu + s * eps.
               s = s_t sqrt(-dt).
 ``dance_sde`` (DanceGRPO) x0 = x - sigma v, score = -(x - (1 - sigma) x0) / sigma^2,
               mu = x + v dt - (eta^2 / 2) score dt,  s = eta sqrt(-dt).
+``cps_sde``   (coefficient-preserving sampling) s = sigma' sin(eta pi / 2), x0 = x - sigma v,
+              x1 = x + (1 - sigma) v (the predicted noise), mu = (1 - sigma') x0 +
+              sqrt(sigma'^2 - s^2) x1: the noise share of x' stays sigma' (x1's share and the
+              fresh noise's add in quadrature), so no step inflates the latent's norm.
+              Departure from the reference implementation: its CPS "log-prob" is the
+              unnormalised -mean (x' - mu)^2; we score CPS with the same Gaussian log-density
+              as the other kernels (std s), so ratios and clip ranges mean the same for all.
+              Its last step (sigma' = 0) has s = 0: it is never an SDE step (validated).
 ``ode``       x' = x + v dt.
 
 All tensors here are fp32; per-sample scalars (sigma, ...) are [B] and broadcast.
@@ -24,8 +32,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-Kernel = Literal["flow_sde", "dance_sde"]
-KERNELS: tuple[str, ...] = ("flow_sde", "dance_sde")
+Kernel = Literal["flow_sde", "dance_sde", "cps_sde"]
+KERNELS: tuple[str, ...] = ("flow_sde", "dance_sde", "cps_sde")
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -66,6 +74,19 @@ def dance_sde(
     return mean, eta * torch.sqrt(-dt)
 
 
+def cps_sde(
+    x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    sig, nxt = _col(sigma, x), _col(sigma_next, x)
+    std = nxt * math.sin(eta * math.pi / 2.0)
+    x0 = x - sig * v
+    x1 = x + (1.0 - sig) * v
+    mean = (1.0 - nxt) * x0 + torch.sqrt((nxt**2 - std**2).clamp(min=0.0)) * x1
+    return mean, std
+
+
 def sde_step(
     kernel: str, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
     sigma_max: torch.Tensor, eta: float,
@@ -77,6 +98,8 @@ def sde_step(
         return flow_sde(x, v, sigma, sigma_next, sigma_max, eta)
     if kernel == "dance_sde":
         return dance_sde(x, v, sigma, sigma_next, eta)
+    if kernel == "cps_sde":
+        return cps_sde(x, v, sigma, sigma_next, eta)
     raise ValueError(f"unknown SDE kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
 
 

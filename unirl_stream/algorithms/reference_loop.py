@@ -38,10 +38,10 @@ class RoundLog:
 
 def sample_round(
     policy: Policy, prompts: Sequence[Prompt], round_: int, samples_per_prompt: int,
-    run_seed: int, rollout_batch: int,
+    run_seed: int, rollout_batch: int, version: int = 0,
 ) -> tuple[list[Prompt], list[str], list[str], TensorDict]:
-    """Roll out one group per prompt for ``round_``: (prompt per sample, group ids, sample
-    ids, trajectories)."""
+    """Roll out one group per prompt for ``round_`` with the weights of policy ``version``:
+    (prompt per sample, group ids, sample ids, trajectories)."""
     import torch
 
     rows = [(p, group_id(p.id, round_), k) for p in prompts for k in range(samples_per_prompt)]
@@ -50,7 +50,7 @@ def sample_round(
     sids = [sample_id(g, k) for _, g, k in rows]
     seeds = [sample_seed(run_seed, s) for s in sids]
     parts = [
-        policy.rollout(per_sample[i : i + rollout_batch], seeds[i : i + rollout_batch])
+        policy.rollout(per_sample[i : i + rollout_batch], seeds[i : i + rollout_batch], version)
         for i in range(0, len(rows), rollout_batch)
     ]
     return per_sample, groups, sids, torch.cat(parts)
@@ -79,9 +79,9 @@ def run_reference_loop(
     logs = []
     for r in range(rounds):
         chosen = [prompts[(r * prompts_per_round + j) % len(prompts)] for j in range(prompts_per_round)]
-        version = policy.version
+        version = r  # this loop is the trainer: one batch, one update, one policy version
         per_sample, groups, _, batch = sample_round(
-            policy, chosen, r, samples_per_prompt, run_seed, rollout_batch
+            policy, chosen, r, samples_per_prompt, run_seed, rollout_batch, version
         )
         rewards = torch.as_tensor(reward_fn(batch["media"], per_sample), dtype=torch.float32).flatten()
         batch["reward"] = rewards

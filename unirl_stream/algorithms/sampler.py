@@ -36,7 +36,7 @@ VelocityFn = Callable[[int, "torch.Tensor", "torch.Tensor", "torch.Tensor"], "to
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    kernel: str  # "flow_sde" | "dance_sde"
+    kernel: str  # one of kernels.KERNELS
     eta: float
     boundary_ratio: float | None
     num_experts: int

@@ -10,9 +10,9 @@
    (the loss is a mean over (sample, step) terms, so each chunk's loss is weighted by its
    share of the terms: the summed gradient equals the full-batch gradient, while only one
    step's activations are alive at a time, as DanceGRPO does);
-3. gradient clipping to ``max_grad_norm`` before each optimizer step; then ``policy.version``
-   += 1 for the batch (one trainer step = one batch = one policy version, as the pipeline
-   counts them with ``publish_every = 1``; MixGRPO's window and staleness count versions).
+3. gradient clipping to ``max_grad_norm`` before each optimizer step. Versions are the
+   caller's: the trainer stage counts them (one per ``publish_every`` steps), the reference
+   loop one per batch.
 
 Data parallel (``dp``, a ``parallel.DataParallel``): ``batch`` is this rank's shard. Terms
 are weighted by their share of the *global* batch and gradients summed over ranks before
@@ -86,7 +86,6 @@ def train_on_batch(
     cfg: AlgorithmConfig,
     *,
     per_step: bool = True,
-    bump_version: bool = True,
     dp: DataParallel | None = None,
 ) -> list[LossStats]:
     """Run ``cfg.updates_per_batch`` updates on ``batch`` (fields: the policy's replay fields,
@@ -130,8 +129,6 @@ def train_on_batch(
         grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
         optimizer.step()
         history.append(_merge(parts, grad_norm, dp))
-    if bump_version:
-        policy.version += 1
     return history
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import UserInputError
+from unirl_stream.api import MissingWeightsError, UserInputError
 from unirl_stream.models.tiny import TINY_PREFIX, resolve_model_path, tiny_config, tiny_layout
 
 REQUIRED = ("tokenizer", "text_encoder", "vae", "transformer")
@@ -43,7 +43,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # not in the local cache (or no hub library): say how to get it
-        raise UserInputError(
+        raise MissingWeightsError(
             f"{repo_id}: not a local folder and not in the local Hugging Face cache "
             f"({type(e).__name__}); {download_hint(repo_id, None)}, or set model.path to a local "
             f"diffusers folder"
@@ -89,10 +89,10 @@ def locate(spec: str) -> Path | None:
     if not path.exists() and _HUB_ID.match(spec):
         path = _hub_snapshot(spec)
     elif not path.exists():
-        raise UserInputError(f"{path}: model folder not found; {download_hint(spec, path)}")
+        raise MissingWeightsError(f"{path}: model folder not found; {download_hint(spec, path)}")
     missing = missing_components(path)
     if missing:
-        raise UserInputError(
+        raise MissingWeightsError(
             f"{path}: not a complete Wan2.2 diffusers folder, missing {', '.join(missing)}; "
             f"{download_hint(spec, path)}"
         )

@@ -40,7 +40,6 @@ class SyntheticPolicy:
         import torch
 
         self.cfg = cfg
-        self.version = 0
         self.mu = torch.nn.Parameter(torch.zeros(cfg.steps, cfg.dim))
 
     @classmethod
@@ -67,7 +66,7 @@ class SyntheticPolicy:
         lp = -((delta - self.mu) ** 2) / (2 * var) - math.log(self.cfg.sigma) - 0.5 * math.log(2 * math.pi)
         return lp.mean(dim=-1).to(torch.float32)
 
-    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Any:
+    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> Any:
         import torch
         from tensordict import TensorDict
 
@@ -112,8 +111,7 @@ class SyntheticPolicy:
 
         return save({"mu": self.mu.detach().contiguous()})
 
-    def load_weights(self, blob: bytes, version: int) -> None:
+    def load_weights(self, blob: bytes) -> None:
         from safetensors.torch import load
 
         self.mu.data.copy_(load(bytes(blob))["mu"])
-        self.version = version

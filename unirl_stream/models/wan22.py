@@ -64,12 +64,17 @@ class Wan22Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def _check_geometry(recipe: Recipe, cfgs: dict[str, Any]) -> None:
     s = recipe.sampling
+    if (s.num_frames - 1) % 4:
+        raise UserInputError(
+            f"sampling.num_frames: expected 4k+1 (Wan's VAE compresses time by 4), "
+            f"got {s.num_frames}; try {((s.num_frames - 1) // 4) * 4 + 1}"
+        )
     spatial = int(cfgs["vae"].get("scale_factor_spatial") or 8)
     patch = cfgs["transformer"].get("patch_size") or [1, 2, 2]
     mult_h, mult_w = spatial * int(patch[1]), spatial * int(patch[2])
     if s.height % mult_h or s.width % mult_w:
         raise UserInputError(
-            f"sampling.height/width {s.height}x{s.width} must be multiples of {mult_h}x{mult_w} "
+            f"sampling.height: {s.height}x{s.width} (height x width) must be multiples of {mult_h}x{mult_w} "
             f"for this model (VAE x{spatial}, patch {patch[1]}x{patch[2]})"
         )
 
@@ -123,7 +128,7 @@ class Wan22Policy:
             raise UserInputError(str(e)) from None
         _check_experts_reached(recipe, cfgs["index"], two)
         if s.eta <= 0:
-            raise UserInputError(f"sampling.eta must be > 0 for SDE steps, got {s.eta}")
+            raise UserInputError(f"sampling.eta: must be > 0 for SDE steps, got {s.eta}")
         _check_geometry(recipe, cfgs)
 
     # ------------------------------------------------------------------ construction
@@ -136,7 +141,6 @@ class Wan22Policy:
                  role: Role = "trainer") -> None:
         import torch
 
-        self.check(recipe)
         self.recipe = recipe
         self.options = options or Wan22Options()
         m, s = recipe.model, recipe.sampling
@@ -166,7 +170,6 @@ class Wan22Policy:
             if m.gradient_checkpointing and model in self.trained.values():
                 model.enable_gradient_checkpointing()
         self.compiled = compile_experts(self.experts, m, self.device.type)
-        self.version = 0
         self.sigmas = sigma_grid(s.num_inference_steps, s.shift)
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
         self.guidance = [s.guidance_scale, g2][: len(self.experts)]
@@ -309,14 +312,14 @@ class Wan22Policy:
         return torch.cat(out)
 
     # ------------------------------------------------------------------ api.Policy
-    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int]) -> TensorDict:
+    def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> TensorDict:
         import torch
         from tensordict import TensorDict
 
         if len(prompts) != len(seeds) or not prompts:
             raise ValueError(f"rollout: {len(prompts)} prompts and {len(seeds)} seeds")
         n = self.recipe.sampling.num_inference_steps
-        steps = [select_steps(self.recipe.sampling.sde, n, int(s), self.version) for s in seeds]
+        steps = [select_steps(self.recipe.sampling.sde, n, int(s), version) for s in seeds]
         with torch.no_grad():
             emb = self.embed(prompts)
             res = sample(self._velocity_fn(emb), self.spec, [int(s) for s in seeds], steps,
@@ -327,9 +330,7 @@ class Wan22Policy:
             "seed": torch.tensor([int(s) for s in seeds], dtype=torch.int64),
             "sigmas": res.sigmas, "timesteps": res.timesteps, "sde_steps": res.sde_steps,
             "experts": res.experts, "latent_steps": res.latent_steps, "latents": res.latents,
-            "log_probs": res.log_probs,
-            "behavior_version": torch.full((B,), self.version, dtype=torch.int64),
-            "media": media,
+            "log_probs": res.log_probs, "media": media,
         }
         return TensorDict({k: v.cpu() for k, v in fields.items()}, batch_size=[B])
 
@@ -359,9 +360,8 @@ class Wan22Policy:
     def export_weights(self) -> bytes:
         return export_lora(self.trained)
 
-    def load_weights(self, blob: bytes, version: int) -> None:
+    def load_weights(self, blob: bytes) -> None:
         import torch
 
         with torch.no_grad():
             import_lora(blob, self.trained)
-        self.version = int(version)

@@ -26,10 +26,10 @@ from typing import IO, Any
 
 import msgspec
 
-from unirl_stream.api import MetricEvent, MetricSink, TrainStep
+from unirl_stream.events import MetricEvent, TrainStep
+from unirl_stream.monitor.bus import ZmqSink, decode_event
 from unirl_stream.monitor.snapshot import BusView, Snapshot, snapshot_row, snapshot_to_msgpack
 from unirl_stream.monitor.state import MetricsState
-from unirl_stream.pipeline.metrics import ZmqSink, decode_event
 
 MONITOR_FILE = "monitor.json"
 METRICS_FILE = "metrics.jsonl"
@@ -49,19 +49,6 @@ class MonitorSink:
         return None
 
 
-class EventSinkAdapter(MonitorSink):
-    """Feeds a plain ``api.MetricSink`` (e.g. ``JsonlSink``) from the aggregator."""
-
-    def __init__(self, sink: MetricSink) -> None:
-        self.sink = sink
-
-    def emit(self, event: MetricEvent) -> None:
-        self.sink.emit(event)
-
-    def close(self) -> None:
-        self.sink.close()
-
-
 def train_row(ev: TrainStep) -> dict[str, Any]:
     row = {"kind": "train", **msgspec.to_builtins(ev)}
     row.pop("type", None)
@@ -72,7 +59,7 @@ def train_row(ev: TrainStep) -> dict[str, Any]:
 
 
 class Aggregator:
-    """Collects metric events; see the module docstring. Also an ``api.MetricSink``."""
+    """Collects metric events; see the module docstring. Also an ``events.MetricSink``."""
 
     def __init__(
         self,
@@ -87,7 +74,6 @@ class Aggregator:
         window_s: float = 10.0,
         alive_s: float | None = None,
         expected_workers: Mapping[str, int] | None = None,
-        stage_tasks: Mapping[str, str] | None = None,
         sinks: Iterable[MonitorSink] = (),
         pull_hwm: int = 100_000,
         pub_hwm: int = 8,
@@ -106,7 +92,7 @@ class Aggregator:
         self.state = MetricsState(
             run_id, eta=eta, window_s=window_s,
             alive_s=alive_s if alive_s is not None else max(5.0, 3 * tick_s),
-            expected_workers=expected_workers, stage_tasks=stage_tasks,
+            expected_workers=expected_workers,
             started_at=self.started_at,
         )
         self.bus = BusView()

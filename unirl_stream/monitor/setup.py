@@ -1,7 +1,7 @@
 """What the driver calls: ``Monitoring.start(run_dir, recipe, run_id, live)`` builds the
 aggregator with the sinks the recipe's ``[logging]`` asks for (wandb, TensorBoard,
 Prometheus; ``metrics.jsonl`` always), and hands out worker sinks and the live view.
-Every sink sees every event (media included: ``api.MediaSample``) and snapshot; a sink
+Every sink sees every event (media included: ``events.MediaSample``) and snapshot; a sink
 that is not asked for is simply not in the list, so no loop has an ``if wandb:``."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from unirl_stream.api import MetricEvent, MetricSink, UnirlError, UserInputError
+from unirl_stream.api import UnirlError, UserInputError
+from unirl_stream.events import MetricEvent, MetricSink
 from unirl_stream.monitor.aggregator import Aggregator, MonitorSink
+from unirl_stream.monitor.bus import ZmqSink
 from unirl_stream.monitor.panel import LiveView
 from unirl_stream.monitor.snapshot import Snapshot
-from unirl_stream.pipeline.metrics import ZmqSink
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -93,10 +94,9 @@ class ZmqSinkFactory:
 class Monitoring:
     """The driver's handle on monitoring for one run.
 
-    Same surface as the pipeline's placeholder ``MetricsHub`` (``start``, ``emit``,
-    ``local_sink``, ``sink_factory``, ``close``), so the driver swaps one import. ``start``
-    also starts the ``run`` panel (or the plain log lines) and ``close`` stops it after
-    the final snapshot."""
+    ``start`` builds the aggregator and starts the ``run`` panel (or the plain log lines);
+    ``local_sink`` / ``sink_factory`` give in-process and Ray workers their sinks;
+    ``close`` stops the panel after the final snapshot."""
 
     def __init__(self, aggregator: Aggregator, prometheus: Any, view: LiveView) -> None:
         self.aggregator = aggregator
@@ -112,7 +112,6 @@ class Monitoring:
         live: bool = True,
         console: Console | None = None,
         extra_sinks: Iterable[MonitorSink] = (),
-        stage_tasks: Mapping[str, str] | None = None,
     ) -> Monitoring:
         """``live``: the panel when stdout is a terminal (False: ``--no-live``); off a
         terminal, one plain line every ``[logging] log_every_s``."""
@@ -127,7 +126,7 @@ class Monitoring:
         try:
             agg = Aggregator(
                 run_dir, run_id, eta=p.max_staleness, bind_host=recipe.logging.bind_host,
-                tick_s=p.tick_s, expected_workers=expected, stage_tasks=stage_tasks,
+                tick_s=p.tick_s, expected_workers=expected,
                 sinks=[*sinks, *extra_sinks],
             ).start()
         except BaseException:

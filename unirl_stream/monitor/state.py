@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from unirl_stream.api import MetricEvent, SampleOutcome, StageTick, StoreStats, StoreTick, TrainStep
+from unirl_stream.api import StoreStats
+from unirl_stream.events import MetricEvent, SampleOutcome, StageTick, StoreTick, TrainStep
 from unirl_stream.monitor.snapshot import (
     BusView,
     LearningView,
@@ -25,8 +26,6 @@ from unirl_stream.monitor.snapshot import (
     StoreView,
 )
 
-# Which store task feeds which stage; stages not listed use a task of their own name.
-DEFAULT_STAGE_TASKS: dict[str, str] = {"trainer": "train"}
 STAGE_ORDER = ("rollout", "reward", "trainer")
 
 
@@ -50,12 +49,13 @@ class MetricsState:
         window_s: float = 10.0,
         alive_s: float = 5.0,
         expected_workers: Mapping[str, int] | None = None,
-        stage_tasks: Mapping[str, str] | None = None,
         started_at: float = 0.0,
     ) -> None:
         self.run_id, self.eta, self.window_s, self.alive_s = run_id, eta, window_s, alive_s
         self.expected = dict(expected_workers or {})
-        self.stage_tasks = {**DEFAULT_STAGE_TASKS, **(stage_tasks or {})}
+        # Which store task feeds which stage, as the stages' ticks say (``StageTick.task``);
+        # a stage that names none has the task of its own name.
+        self.stage_tasks: dict[str, str] = {}
         self.started_at = started_at
         self.workers: dict[str, _Worker] = {}
         self.hist = [0] * (eta + 2)  # 0..eta, then > eta
@@ -73,6 +73,8 @@ class MetricsState:
     def apply(self, event: MetricEvent, now: float) -> None:
         self.events += 1
         if isinstance(event, StageTick):
+            if event.task:
+                self.stage_tasks[event.stage] = event.task
             self._tick(event, now)
         elif isinstance(event, TrainStep):
             self._train(event)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import MediaSample, MetricEvent, TrainStep
+from unirl_stream.events import MediaSample, MetricEvent, TrainStep
 from unirl_stream.monitor.aggregator import MonitorSink
 from unirl_stream.monitor.snapshot import Snapshot
 

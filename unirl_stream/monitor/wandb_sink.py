@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import MediaSample, MetricEvent, TrainStep
+from unirl_stream.events import MediaSample, MetricEvent, TrainStep
 from unirl_stream.monitor.aggregator import MonitorSink
 from unirl_stream.monitor.snapshot import Snapshot
 

@@ -36,16 +36,9 @@ from typing import Any
 
 import msgspec
 
-from unirl_stream.api import SampleOutcome, group_id, sample_id
-
-
-class GroupTicket(msgspec.Struct, frozen=True):
-    position: int  # global group index = prompt cursor position (unique in a run)
-    group: str  # group id
-    prompt_index: int  # index of the prompt in the run's prompt list
-    prompt_id: str
-    size: int
-    version: int  # the policy version the producer must hold (or newer)
+from unirl_stream.api import group_id, sample_id
+from unirl_stream.control import Gate, GroupTicket
+from unirl_stream.events import SampleOutcome
 
 
 class ResumePoint(msgspec.Struct, frozen=True):
@@ -53,13 +46,6 @@ class ResumePoint(msgspec.Struct, frozen=True):
 
     step: int = 0
     version: int = 0
-
-
-class Gate(msgspec.Struct, frozen=True):
-    position: int  # groups started
-    allowance: int  # groups that may have been started at this version
-    version: int
-    dropped_groups: int
 
 
 class Worker(msgspec.Struct):
@@ -72,7 +58,13 @@ class Worker(msgspec.Struct):
 
 
 class Coordinator:
-    """Plain, thread-safe object; ``ray.remote(Coordinator)`` makes it the run's actor."""
+    """``control.ControlPlane``, plus what the driver asks. A plain, thread-safe object;
+    ``ray.remote(Coordinator)`` makes it the run's actor.
+
+    Sync mode (``pipeline.mode = "sync"``, the baseline UniRL's loop is measured against)
+    lives here alone: the gate admits one version's batch at a time, and the batch is
+    ``batch_sealed`` once every group of it is in the store; the runner holds the stages
+    after rollout until then."""
 
     def __init__(
         self,
@@ -112,7 +104,7 @@ class Coordinator:
         self._stopping = False
         self._finished: set[str] = set()
         self._errors: list[str] = []
-        self._written = 0  # groups whose samples reached the store (sync barrier)
+        self._written = 0  # groups whose samples reached the store
         self._started_here = 0  # groups started by this coordinator (not before a resume)
         self._ledger = open(self.run_dir / "ledger.jsonl", "a", buffering=1, encoding="utf-8")
         self._groups = open(self.run_dir / "groups.jsonl", "a", buffering=1, encoding="utf-8")
@@ -145,8 +137,8 @@ class Coordinator:
         with self._lock:
             self._written += 1
 
-    def reward_open(self) -> bool:
-        """Sync mode's barrier: score only once the whole batch has been sampled."""
+    def batch_sealed(self) -> bool:
+        """Sync mode's barrier: this version's whole batch has been sampled (async: always)."""
         with self._lock:
             if self.mode != "sync":
                 return True
@@ -165,11 +157,6 @@ class Coordinator:
             if version < self.version:
                 raise ValueError(f"published version {version} < current {self.version}")
             self.version, self._weights, self._published_at = version, weights[0], time.time()
-
-    def current_version(self) -> int:
-        """The trainer's policy version now (the reward stage's staleness of a sample)."""
-        with self._lock:
-            return self.version
 
     def latest(self, held: int) -> tuple[int, list[Any], float] | None:
         """Newest weights if newer than ``held`` (or nothing was held: held < 0)."""

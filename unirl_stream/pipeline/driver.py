@@ -13,14 +13,16 @@ from typing import Any
 
 import msgspec
 
-from unirl_stream.api import StoreTick, UnirlError, UserInputError
+from unirl_stream.api import UnirlError, UserInputError
+from unirl_stream.events import StoreTick
 from unirl_stream.monitor.report import end_of_run
-from unirl_stream.pipeline import checkpoint
 from unirl_stream.pipeline.launch import Run
 from unirl_stream.pipeline.quiet import QuietConsole
 from unirl_stream.pipeline.rundir import RunDirLock
 from unirl_stream.pipeline.watchdog import StallWatchdog
-from unirl_stream.recipe import Recipe, load, to_toml
+from unirl_stream.recipe import Recipe, to_toml
+from unirl_stream.stages import checkpoint
+from unirl_stream.validate import check_recipe, load_checked
 
 SAVED = "recipe.toml"
 
@@ -34,7 +36,8 @@ def run(recipe: Recipe | None = None, run_dir: Path | None = None, resume: Path 
     """Run a recipe to its last optimizer step; returns the run directory.
 
     ``resume``: continue the run in that directory with the recipe it saved (``overrides``
-    apply to it); a ``recipe`` given as well must equal the saved one."""
+    apply to it); a ``recipe`` given as well must equal the saved one. The recipe run is
+    validated here, once, before anything starts (weights included)."""
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
@@ -43,7 +46,7 @@ def run(recipe: Recipe | None = None, run_dir: Path | None = None, resume: Path 
     elif recipe is None:
         raise UserInputError("run: give a recipe, or resume a run directory")
     else:
-        _check_weights(recipe)
+        check_recipe(recipe, recipe.source or "recipe")
         run_dir = Path(run_dir) if run_dir is not None else _new_dir(recipe)
         lock = RunDirLock(run_dir)
     try:
@@ -88,7 +91,7 @@ def _reopen(run_dir: Path, given: Recipe | None, overrides: list[str] | None) ->
     saved = run_dir / SAVED
     if not saved.exists():
         raise UserInputError(f"--resume {run_dir}: not a run directory (no {SAVED})")
-    recipe = saved_form(load(saved, overrides, check=True))
+    recipe = saved_form(load_checked(saved, overrides)[0])
     if given is not None and (key := first_difference(saved_form(given), recipe)) is not None:
         raise UserInputError(
             f"--resume {run_dir}: the recipe given differs from the run's saved {SAVED} at {key}; "
@@ -125,13 +128,3 @@ def first_difference(a: Recipe, b: Recipe) -> str | None:
     db.pop("source", None)
     return walk(da, db, "")
 
-
-def _check_weights(recipe: Recipe) -> None:
-    from unirl_stream import registry
-
-    check: Any = getattr(registry.load("models", recipe.model.name), "check", None)
-    if check is not None:
-        try:
-            check(recipe)
-        except UserInputError as e:
-            raise UserInputError(f"{recipe.source}: model.path: {e}") from None

@@ -9,19 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unirl_stream.api import MetricEvent
+from unirl_stream.events import MetricEvent
 from unirl_stream.monitor.setup import Monitoring
-from unirl_stream.pipeline import checkpoint, quiet
-from unirl_stream.pipeline.control import Control
+from unirl_stream.pipeline import quiet
+from unirl_stream.pipeline.control import ControlClient, CoordinatorWeights
 from unirl_stream.pipeline.coordinator import Coordinator, ResumePoint
 from unirl_stream.pipeline.placement import check_fits, trainer_group
 from unirl_stream.pipeline.reaper import Reaper
 from unirl_stream.pipeline.runner import StageActor, StageLoop, format_error
 from unirl_stream.recipe import Recipe
-from unirl_stream.stages.base import StageContext
+from unirl_stream.stages import checkpoint
+from unirl_stream.stages.base import StageContext, declared_tasks
 
-# (task, required fields, by_group) of the built-in stages; plugin stages register their own.
-TASKS = (("reward", ("media",), False), ("advantage", ("reward",), True))
 SETTLE_S = 5.0  # how long a failed trainer group's other ranks may take to report
 
 
@@ -52,11 +51,8 @@ class Run:
             if self.use_ray:
                 self._init_ray()
             self.store = open_store(self.recipe.store, use_ray=self.use_ray)
-            for task, requires, by_group in TASKS:
-                self.store.register_task(task, list(requires), by_group)
-            p = self.recipe.pipeline
-            self.store.register_task("train", list(dict.fromkeys(p.train_requires + p.train_filters)), True)
-            self.control = Control(self._coordinator())
+            self._register_tasks()
+            self.control = ControlClient(self._coordinator())
             self.metrics = Monitoring.start(self.run_dir, self.recipe, self.run_id,
                                            live=self.live and self.recipe.logging.live)
             self.control.close_out("interrupted: the run stopped before this sample was trained")
@@ -83,6 +79,31 @@ class Run:
                 self._reaper.tell(session=node.get_session_dir_path())
         check_fits(self.recipe.pipeline, ray.cluster_resources(), self.recipe.source or "recipe")
 
+    def _register_tasks(self) -> None:
+        """Register the store tasks every stage of the run declares (``Stage.tasks``), before
+        any stage starts, so no write can precede its consumer's queue."""
+        from unirl_stream import registry
+
+        for name, *_ in self._plan():
+            for spec in declared_tasks(registry.load("stages", name), self.recipe):
+                self.store.register_task(spec.name, list(spec.requires), spec.by_group)
+
+    def _plan(self) -> list[tuple[str, int, Any, Any, bool]]:
+        """(stage plugin name, workers, placement, decoded options, restartable) per stage."""
+        from unirl_stream import registry
+
+        p = self.recipe.pipeline
+        plan: list[tuple[str, int, Any, Any, bool]] = [
+            ("rollout", p.rollout_workers, p.rollout, None, True),
+            ("reward", p.reward_workers, p.reward, None, True),
+            ("trainer", p.trainer_workers, p.trainer, None, False),
+        ]
+        for spec in p.stages:
+            options = registry.decode_options(registry.load("stages", spec.name), spec.options,
+                                              f"pipeline.stages[{spec.name}].options")
+            plan.append((spec.name, spec.workers, spec.placement, options, True))
+        return plan
+
     def _coordinator(self) -> Any:
         from unirl_stream.data import load_prompts
 
@@ -99,24 +120,13 @@ class Run:
 
     def _contexts(self) -> list[tuple[str, StageContext, Any, bool]]:
         """(plugin name, context, placement, restartable) for every worker."""
-        p = self.recipe.pipeline
-        plan: list[tuple[str, int, Any, Any, bool]] = [
-            ("rollout", p.rollout_workers, p.rollout, None, True),
-            ("reward", p.reward_workers, p.reward, None, True),
-            ("trainer", p.trainer_workers, p.trainer, None, False),
-        ]
-        from unirl_stream import registry
-
-        for spec in p.stages:
-            options = registry.decode_options(registry.load("stages", spec.name), spec.options,
-                                              f"pipeline.stages[{spec.name}].options")
-            plan.append((spec.name, spec.workers, spec.placement, options, True))
+        weights = CoordinatorWeights(self.control)
         out = []
-        for name, n, placement, options, restartable in plan:
+        for name, n, placement, options, restartable in self._plan():
             for w in range(n):
                 device = f"cuda:{placement.gpu_ids[w % len(placement.gpu_ids)]}" if placement.gpu_ids else None
                 ctx = StageContext(recipe=self.recipe, store=self.store, control=self.control,
-                                   run_dir=self.run_dir, run_id=self.run_id, stage=name, worker=w,
+                                   weights=weights, run_dir=self.run_dir, run_id=self.run_id, stage=name, worker=w,
                                    options=options, device=device,
                                    resume_from=self.ckpt if name == "trainer" else None)
                 out.append((name, ctx, placement, restartable))
@@ -126,13 +136,15 @@ class Run:
         p = self.recipe.pipeline
         ranks = trainer_group(p.trainer_workers, p.trainer) if self.use_ray and p.trainer_workers > 1 else []
         for name, ctx, placement, restartable in self._contexts():
+            # Sync mode: the stages after rollout wait for each version's whole batch.
+            wait = p.mode == "sync" and name not in ("rollout", "trainer")
             if self.use_ray:
                 extra = ranks[ctx.worker] if name == "trainer" and ranks else {}
-                ref = self._actor(name, ctx, placement, restartable, extra)
+                ref = self._actor(name, ctx, placement, restartable, extra, wait)
             else:
                 ctx.sink = self.metrics.local_sink()
                 # Built here, one after another: lazy imports (diffusers) are not thread-safe.
-                loop = StageLoop(name, ctx)
+                loop = StageLoop(name, ctx, wait)
                 ref = threading.Thread(target=self._thread, args=(loop,), name=ctx.source, daemon=True)
                 ref.start()
             self._workers.append((ctx.source, ref))
@@ -140,7 +152,7 @@ class Run:
                 self._trainers.append((ctx.source, ref))
 
     def _actor(self, name: str, ctx: StageContext, placement: Any, restartable: bool,
-               extra: dict[str, Any]) -> Any:
+               extra: dict[str, Any], wait_for_batch: bool) -> Any:
         import ray
 
         retries = self.recipe.pipeline.max_restarts if restartable else 0
@@ -148,7 +160,7 @@ class Run:
         cls = ray.remote(StageActor).options(
             **options, resources=placement.resources or None, max_restarts=retries,
             max_task_retries=retries, name=f"{self.run_id}:{ctx.source}")
-        actor = cls.remote(name, ctx, self.metrics.sink_factory())
+        actor = cls.remote(name, ctx, self.metrics.sink_factory(), wait_for_batch)
         self.actors[ctx.source] = actor
         return actor.run.remote()
 

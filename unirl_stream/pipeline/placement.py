@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from unirl_stream.api import UserInputError
-from unirl_stream.pipeline.config import PipelineConfig, Placement
+from unirl_stream.stages.config import PipelineConfig, Placement
 
 TRAINER_GROUP_READY_S = 60.0
 

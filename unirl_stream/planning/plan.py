@@ -239,7 +239,7 @@ def make_plan(recipe_path: Path, gpus: int, costs_path: Path | None, gpu_gb: flo
         raise UserInputError(f"--gpus: {gpus}: a layout needs at least 2 GPUs (a producer and a trainer rank)")
     if gpu_gb <= 0:
         raise UserInputError(f"--gpu-memory-gb: {gpu_gb}: expected GiB per GPU > 0, e.g. 80")
-    recipe = load(recipe_path, check=False)
+    recipe = load(recipe_path)
     family = family or model_family(recipe.model.path)
     if family is None:
         raise UserInputError(f"{recipe_path}: model.path: cannot tell the model family of "

@@ -222,7 +222,7 @@ def serve(
 
 def options_from_sets(items: list[str]) -> dict[str, Any]:
     """``["model=/w/pick", "aggregate=min"]`` -> options dict (values parsed as TOML)."""
-    from unirl_stream.recipe import apply_overrides
+    from unirl_stream.tomlio import apply_overrides
 
     options: dict[str, Any] = {}
     apply_overrides(options, items)

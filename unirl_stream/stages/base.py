@@ -2,7 +2,9 @@
 
 A stage is one method, ``step()``: do one unit of work against the store and say what was
 done (``api.StepResult``). Stages are built with ``Stage(ctx)`` in whatever process runs
-them (a Ray actor or a thread of an in-process run); they never import each other.
+them (a Ray actor or a thread of an in-process run); they never import each other, and all
+they know of the run is this context: the store, the control plane and the weight channel
+(contracts in ``api.py`` and ``control.py``; the pipeline supplies the implementations).
 """
 
 from __future__ import annotations
@@ -10,18 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unirl_stream.api import MetricSink, NullSink, Prompt, SampleOutcome, SampleStore, StepResult
-from unirl_stream.pipeline.control import Control
-from unirl_stream.recipe import Recipe
+from unirl_stream.api import Prompt, SampleStore, StepResult, TaskSpec
+from unirl_stream.control import ControlPlane, WeightChannel
+from unirl_stream.events import MetricSink, NullSink, SampleOutcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from unirl_stream.recipe import Recipe
 
 
 @dataclass
 class StageContext:
     recipe: Recipe
     store: SampleStore
-    control: Control
+    control: ControlPlane
+    weights: WeightChannel
     run_dir: Path
     run_id: str
     stage: str  # stage name, e.g. "rollout"
@@ -46,12 +52,23 @@ class StageContext:
         return {p.id: p for p in self.prompts}
 
 
+def declared_tasks(stage_cls: Any, recipe: Recipe) -> list[TaskSpec]:
+    """The store tasks a stage class claims from (none if it declares none)."""
+    tasks = getattr(stage_cls, "tasks", None)
+    return list(tasks(recipe)) if tasks is not None else []
+
+
 class StageBase:
     """Optional convenience base: keeps ``ctx`` and a few shortcuts. Any class with
     ``__init__(ctx)`` and ``step() -> StepResult`` is a stage."""
 
     #: Decodes ``[[pipeline.stages]] options`` for plugin stages (a msgspec Struct).
     Config: Any = None
+
+    @classmethod
+    def tasks(cls, recipe: Recipe) -> list[TaskSpec]:
+        """The store tasks this stage claims from (the driver registers them)."""
+        return []
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx

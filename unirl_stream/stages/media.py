@@ -5,7 +5,7 @@ and worst sample (by reward) of each group it completed to a ``MediaWriter``. A 
 thread encodes them (PNG for images; for videos an animated WebP, which Pillow writes
 without system libraries, plus a PNG poster frame), keeps ``media/`` under
 ``media_max_mb`` by thinning old versions, writes the files, appends one row per sample to
-``media/index.jsonl`` and announces each sample on the metrics bus (``api.MediaSample``)
+``media/index.jsonl`` and announces each sample on the metrics bus (``events.MediaSample``)
 for the tracking sinks (TensorBoard, wandb).
 
 The stage never waits for the disk: ``offer`` puts on a bounded queue and, when it is
@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from unirl_stream.api import MediaSample, MetricSink, NullSink
+from unirl_stream.events import MediaSample, MetricSink, NullSink
 
 MEDIA_DIR = "media"
 INDEX_FILE = "index.jsonl"

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unirl_stream.api import (
+    ADVANTAGE,
+    MEDIA,
+    REWARD,
+    TRAINABLE,
     FieldSpec,
     RewardError,
-    SampleOutcome,
     StepResult,
+    TaskSpec,
     prompt_of_group,
     split_sample_id,
 )
+from unirl_stream.events import SampleOutcome
 from unirl_stream.stages.base import StageBase, StageContext
 
-REWARD_TASK = "reward"  # requires: media
-ADVANTAGE_TASK = "advantage"  # by group, requires: reward
+if TYPE_CHECKING:  # pragma: no cover
+    from unirl_stream.recipe import Recipe
+
+SCORE = TaskSpec("reward", (MEDIA,))
+NORMALISE = TaskSpec("advantage", (REWARD,), by_group=True)
 
 
 class RewardStage(StageBase):
@@ -24,14 +32,18 @@ class RewardStage(StageBase):
 
     1. ``reward``: claim up to ``reward_batch`` samples that have ``media`` (from any
        groups), score them with the recipe's weighted rewards, write ``reward`` and
-       ``reward_ok``. A NaN/inf score either fails the run naming the sample
-       (``on_nan = "fail"``) or drops the sample (``"drop"``: ledger row now, ``reward_ok=0``
+       ``trainable``. A NaN/inf score either fails the run naming the sample
+       (``on_nan = "fail"``) or drops the sample (``"drop"``: ledger row now, ``trainable=0``
        so its group still completes and the trainer skips it).
     2. ``advantage``: claim whole groups whose members all have ``reward`` and write
        ``advantage`` (z-scored within the group over valid members). Every
        ``logging.media_every`` policy versions, the group's best, median and worst
        samples go to the media writer (``stages.media``), which never blocks this loop.
     """
+
+    @classmethod
+    def tasks(cls, recipe: Recipe) -> list[TaskSpec]:
+        return [SCORE, NORMALISE]
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -45,16 +57,13 @@ class RewardStage(StageBase):
                                  ctx.run_id, ctx.source)
         # Overwritable: a worker that dies between its write and its ack is replaced by one
         # that scores the same samples again (same media, same score).
-        self.store.declare([FieldSpec("reward", "float32", (), True),
-                            FieldSpec("reward_ok", "uint8", (), True),
+        self.store.declare([FieldSpec(REWARD, "float32", (), True),
+                            FieldSpec(TRAINABLE, "uint8", (), True),
                             FieldSpec("reward_terms", "float32", (len(self.rewards.names),), True),
-                            FieldSpec("advantage", "float32", (), True)])
+                            FieldSpec(ADVANTAGE, "float32", (), True)])
         self.last_terms: dict[str, float] = {}
-        self.sync = self.recipe.pipeline.mode == "sync"
 
     def step(self) -> StepResult:
-        if self.sync and not self.ctx.control.reward_open():
-            return StepResult()
         scored, dropped = self._score()
         groups = self._advantage()
         metrics = {**self.last_terms, **self.media.counters()}
@@ -65,11 +74,11 @@ class RewardStage(StageBase):
 
         from unirl_stream.rewards.combine import raise_on_fail
 
-        claim = self.store.claim(REWARD_TASK, self.recipe.pipeline.reward_batch)
+        claim = self.store.claim(SCORE.name, self.recipe.pipeline.reward_batch)
         if claim is None:
             return 0, 0
         ids = list(claim.ids)
-        media = self.store.get(ids, ["media"])["media"]
+        media = self.store.get(ids, [MEDIA])[MEDIA]
         prompts = [self.ctx.prompts_by_id[prompt_of_group(split_sample_id(i)[0])] for i in ids]
         result = self.rewards.score(ids, media, prompts)
         try:
@@ -78,11 +87,12 @@ class RewardStage(StageBase):
             self.ctx.control.fail(str(e))
             raise
         ok = torch.tensor([0 if i in bad else 1 for i in ids], dtype=torch.uint8)
-        totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.totals)], dtype=torch.float32)
+        totals = torch.tensor([0.0 if i in bad else v for i, v in zip(ids, result.totals, strict=True)],
+                              dtype=torch.float32)
         terms = torch.tensor([[float("nan") if (v := result.terms[n][k]) is None else v
                                for n in self.rewards.names] for k in range(len(ids))],
                              dtype=torch.float32).reshape(len(ids), len(self.rewards.names))
-        self.store.put(ids, {"reward": totals, "reward_ok": ok, "reward_terms": terms})
+        self.store.put(ids, {REWARD: totals, TRAINABLE: ok, "reward_terms": terms})
         self.store.ack(claim)
         self.last_terms = result.metrics()
         if bad:
@@ -90,7 +100,7 @@ class RewardStage(StageBase):
         return len(ids), len(bad)
 
     def _drop(self, ids: list[str], bad: dict[str, str]) -> None:
-        metas = dict(zip(ids, self.store.meta(ids)))
+        metas = dict(zip(ids, self.store.meta(ids), strict=True))
         self.finalize([
             SampleOutcome(run_id=self.ctx.run_id, source=self.ctx.source, t=time.time(),
                           sample_id=sid, prompt_id=prompt_of_group(metas[sid].group),
@@ -104,22 +114,22 @@ class RewardStage(StageBase):
 
         from unirl_stream.algorithms.advantages import group_advantages
 
-        claim = self.store.claim(ADVANTAGE_TASK, max(1, self.recipe.pipeline.reward_batch // 4))
+        claim = self.store.claim(NORMALISE.name, max(1, self.recipe.pipeline.reward_batch // 4))
         if claim is None:
             return 0
         ids = list(claim.ids)
-        td = self.store.get(ids, ["reward", "reward_ok"])
-        ok = td["reward_ok"].bool()
-        groups = [split_sample_id(i)[0] for i, k in zip(ids, ok.tolist()) if k]
+        td = self.store.get(ids, [REWARD, TRAINABLE])
+        ok = td[TRAINABLE].bool()
+        groups = [split_sample_id(i)[0] for i, k in zip(ids, ok.tolist(), strict=True) if k]
         a = self.recipe.algorithm
         adv = torch.zeros(len(ids), dtype=torch.float32)  # dropped samples: 0, never trained
         if groups:
-            self.running.update(td["reward"][ok].tolist())
-            adv[ok] = group_advantages(td["reward"][ok], groups, a.adv_std, a.adv_clip,
+            self.running.update(td[REWARD][ok].tolist())
+            adv[ok] = group_advantages(td[REWARD][ok], groups, a.adv_std, a.adv_clip,
                                        global_std=self.running.std if a.adv_std == "global" else None)
         # before ``advantage`` is written: from then on the trainer may train and delete them
-        self._offer_media(ids, td["reward"], ok, adv)
-        self.store.put(ids, {"advantage": adv})
+        self._offer_media(ids, td[REWARD], ok, adv)
+        self.store.put(ids, {ADVANTAGE: adv})
         self.store.ack(claim)
         return len(set(groups))
 
@@ -131,20 +141,20 @@ class RewardStage(StageBase):
         due = [j for j, m in enumerate(metas) if ok[j] and self.media.due(m.behavior_version)]
         if not due:
             return
-        now = self.ctx.control.current_version()
+        now = self.ctx.control.gate().version
         by_group: dict[str, list[int]] = {}
         for j in due:
             by_group.setdefault(metas[j].group, []).append(j)
         for group, members in by_group.items():
             chosen = [(members[i], rank) for i, rank in pick([float(reward[j]) for j in members])]
             picked = [ids[j] for j, _ in chosen]
-            td = self.store.get(picked, ["media", "reward_terms"])
+            td = self.store.get(picked, [MEDIA, "reward_terms"])
             items = [MediaItem(
                 sample_id=ids[j], group=group, prompt=self.ctx.prompts_by_id[prompt_of_group(group)].text,
                 version=metas[j].behavior_version, rank=rank, reward=float(reward[j]),
                 terms=dict(zip(self.rewards.names, td["reward_terms"][k].tolist(), strict=True)),
                 advantage=float(adv[j]), staleness=now - metas[j].behavior_version,
-                frames=td["media"][k].numpy().copy()) for k, (j, rank) in enumerate(chosen)]
+                frames=td[MEDIA][k].numpy().copy()) for k, (j, rank) in enumerate(chosen)]
             self.media.offer(items)
 
     def close(self) -> None:

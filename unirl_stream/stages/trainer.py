@@ -17,18 +17,30 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unirl_stream import registry
 from unirl_stream.algorithms import parallel
 from unirl_stream.algorithms.parallel import DataParallel
-from unirl_stream.api import SampleMeta, SampleOutcome, StepResult, TrainStep, prompt_of_group
-from unirl_stream.pipeline import checkpoint
-from unirl_stream.pipeline.control import CoordinatorWeights
+from unirl_stream.api import (
+    ADVANTAGE,
+    REWARD,
+    TRAINABLE,
+    SampleMeta,
+    StepResult,
+    TaskSpec,
+    prompt_of_group,
+)
+from unirl_stream.events import SampleOutcome, TrainStep
+from unirl_stream.stages import checkpoint
 from unirl_stream.stages.base import StageBase, StageContext
 
-TRAIN_TASK = "train"  # by group, requires: pipeline.train_requires
+if TYPE_CHECKING:  # pragma: no cover
+    from unirl_stream.recipe import Recipe
+
+TRAIN = "train"
 IDLE_MESSAGE_S = 1.0
+Members = list[tuple[str, SampleMeta]]  # (sample id, its meta) of a batch, in order
 
 
 class TrainerStage(StageBase):
@@ -39,7 +51,15 @@ class TrainerStage(StageBase):
     place in the gate is given back. Groups are acked as soon as they are claimed: the
     trainer owns them from then on (a trainer crash ends the run; ``--resume`` restarts
     from the last checkpoint and closes out what was in flight).
+
+    The trainer (rank 0, the batcher) owns the policy version: ``version`` counts published
+    weights; producers, the coordinator and every sample's ``behavior_version`` copy it.
     """
+
+    @classmethod
+    def tasks(cls, recipe: Recipe) -> list[TaskSpec]:
+        p = recipe.pipeline
+        return [TaskSpec(TRAIN, tuple(dict.fromkeys(p.train_requires + p.train_filters)), by_group=True)]
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -50,7 +70,6 @@ class TrainerStage(StageBase):
         self.store.declare(self.policy.field_specs())
         self.objective = registry.load("algorithms", self.recipe.algorithm.name)(self.recipe.algorithm)
         self.dp = self._join()
-        self.weights = CoordinatorWeights(ctx.control)
         self.steps = 0
         self.version = 0
         self.pending: list[tuple[str, list[str], SampleMeta]] = []
@@ -96,11 +115,10 @@ class TrainerStage(StageBase):
         """Publish the current weights as ``self.version`` (rank 0); returns the seconds it
         took. Under fsdp every rank takes part: the export gathers the sharded adapters."""
         t0 = time.time()
-        self.policy.version = self.version
         if self.dp.leader or self.dp.sharded:
             blob = self.policy.export_weights()
             if self.dp.leader:
-                self.weights.publish(self.version, blob)
+                self.ctx.weights.publish(self.version, blob)
         return time.time() - t0
 
     def _publish_if_due(self) -> float:
@@ -166,7 +184,7 @@ class TrainerStage(StageBase):
         """Claim up to ``want`` groups; drop the too-stale ones. Returns samples dropped."""
         if want <= 0:
             return 0
-        claim = self.store.claim(TRAIN_TASK, want)
+        claim = self.store.claim(TRAIN, want)
         if claim is None:
             return 0
         self.store.ack(claim)
@@ -189,17 +207,12 @@ class TrainerStage(StageBase):
         return dropped
 
     def _train(self, groups: list[tuple[str, list[str], SampleMeta]]) -> dict[str, float]:
+        """One optimizer step on the groups' samples that are still trainable."""
         members = [(sid, m) for _, ids, m in groups for sid in ids]
         ids = [sid for sid, _ in members]
-        small = self.store.get(ids, ["reward", "reward_ok", "advantage", *self.filters])
-        keep = small["reward_ok"].bool()  # reward dropped (NaN, on_nan = "drop"): already final
-        rewards, advs = small["reward"].tolist(), small["advantage"].tolist()
-        for f, mask in self._filtered(small, keep).items():
-            self.finalize([
-                self._outcome(members[j][0], members[j][1], "dropped", f"filtered: {f}=0", None, rewards[j], advs[j])
-                for j in mask.nonzero().flatten().tolist()])
-            keep &= ~mask
-        kept = [j for j, k in enumerate(keep.tolist()) if k]
+        small = self.store.get(ids, [REWARD, TRAINABLE, ADVANTAGE, *self.filters])
+        rewards, advs = small[REWARD].tolist(), small[ADVANTAGE].tolist()
+        kept = self._select(small, members, rewards, advs)
         if not kept:  # everything was dropped or filtered: nothing to learn from, no step
             self.store.delete(ids)
             self.ctx.control.drop_group(len(groups))  # no step took them: their places go back
@@ -210,15 +223,23 @@ class TrainerStage(StageBase):
         losses = self._learn(kept_ids)
         self.steps += 1
         latency = self._publish_if_due()
-        self.finalize([
-            self._outcome(members[j][0], members[j][1], "trained", "", trained_at, rewards[j], advs[j])
-            for j in kept
-        ])
+        self.finalize([self._outcome(*members[j], "trained", "", trained_at, rewards[j], advs[j]) for j in kept])
         self.store.delete(ids)
         mean = self._emit(losses[-1], [rewards[j] for j in kept],
                           [trained_at - members[j][1].behavior_version for j in kept], latency)
         self._maybe_checkpoint()
         return {"loss": losses[-1].loss, "reward_mean": mean, "step": float(self.steps)}
+
+    def _select(self, small: Any, members: Members, rewards: list[float], advs: list[float]) -> list[int]:
+        """Positions of the samples to train on. Not ``trainable`` ones already have their
+        ledger row (the reward stage dropped them); the filter fields' zeros get one here."""
+        keep = small[TRAINABLE].bool()
+        for f in self.filters:
+            mask = keep & (small[f].reshape(-1) == 0)
+            self.finalize([self._outcome(*members[j], "dropped", f"filtered: {f}=0", None, rewards[j], advs[j])
+                           for j in mask.nonzero().flatten().tolist()])
+            keep &= ~mask
+        return [j for j, k in enumerate(keep.tolist()) if k]
 
     def _emit(self, last: Any, rewards: list[float], staleness: list[int], latency: float) -> float:
         """The step's metrics event; returns the kept samples' mean reward."""
@@ -230,15 +251,6 @@ class TrainerStage(StageBase):
             approx_kl=last.approx_kl, grad_norm=last.grad_norm, reward_mean=mean, reward_std=std,
             staleness=staleness, rewards=rewards, publish_latency_s=latency))
         return mean
-
-    def _filtered(self, batch: Any, keep: Any) -> dict[str, Any]:
-        """Per filter field, the samples (still kept so far) that it removes."""
-        out = {}
-        for f in self.filters:
-            mask = keep & (batch[f].reshape(-1) == 0)
-            keep = keep & ~mask
-            out[f] = mask
-        return out
 
     def _outcome(self, sid: str, meta: SampleMeta, status: str, reason: str, trained_at: int | None,
                  reward: float | None = None, advantage: float | None = None) -> SampleOutcome:
@@ -267,10 +279,10 @@ class TrainerStage(StageBase):
 
         mine = self.dp.shard(len(ids))
         shard = ids[mine.start:mine.stop]
-        batch = self.store.get(shard, [f.name for f in self.specs] + ["advantage"]) if shard else self._empty()
+        batch = self.store.get(shard, [f.name for f in self.specs] + [ADVANTAGE]) if shard else self._empty()
         prompts = [self.ctx.prompts_by_id[prompt_of_group(self._group(sid))] for sid in shard]
         return train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch,
-                              self.recipe.algorithm, bump_version=False, dp=self.dp)
+                              self.recipe.algorithm, dp=self.dp)
 
     def _empty(self) -> Any:
         """A zero-row batch with the replay fields' shapes (a rank with nothing to replay
@@ -280,7 +292,7 @@ class TrainerStage(StageBase):
 
         cols = {f.name: torch.zeros((0, *[max(d, 0) for d in f.shape]), dtype=getattr(torch, f.dtype))
                 for f in self.specs}
-        cols["advantage"] = torch.zeros(0, dtype=torch.float32)
+        cols[ADVANTAGE] = torch.zeros(0, dtype=torch.float32)
         return TensorDict(cols, batch_size=[0])
 
     @staticmethod

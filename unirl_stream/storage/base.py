@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
+
 from unirl_stream.api import (
     Claim,
     FieldSpec,
@@ -248,3 +250,15 @@ class IndexedStore:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def decode_options(config_type: type, options: Any) -> Any:
+    """Accept a decoded Config, a plain dict (e.g. straight from a recipe) or None."""
+    if isinstance(options, config_type):
+        return options
+    try:
+        return msgspec.convert(dict(options or {}), config_type)
+    except msgspec.ValidationError as e:
+        from unirl_stream.api import UserInputError
+
+        raise UserInputError(f"[store] options: {e}") from None

@@ -29,9 +29,9 @@ class IndexServer(SampleIndex):
     def ping(self) -> bool:
         return True
 
-    def commit_payload(self, token: int, payloads: Sequence[Mapping[str, Any]]) -> list[Any]:
+    def commit_payload(self, token: int, payloads: Sequence[Mapping[str, Any]], inline_max: int) -> list[Any]:
         """Own the payloads: one ray.put per sample, made here, so this actor is the owner
-        (small samples are kept in this process instead, see memory.INLINE_MAX).
+        (samples of at most ``inline_max`` bytes are kept in this process instead).
 
         Ray 2.56 removed ``ray.put(_owner=...)``; an object is owned by the process that
         put it and is lost when that process dies. Writers therefore pass the bytes to this
@@ -39,12 +39,10 @@ class IndexServer(SampleIndex):
         """
         import ray
 
-        from unirl_stream.storage.memory import INLINE_MAX
-
         locs: list[dict[str, Any]] = []
         try:
             for p in payloads:
-                if sum(a.nbytes for a in p.values()) <= INLINE_MAX:
+                if sum(a.nbytes for a in p.values()) <= inline_max:
                     # Copied: the arrays may be views of the call's argument buffer.
                     locs.append({name: a.copy() for name, a in p.items()})
                 else:
@@ -55,9 +53,10 @@ class IndexServer(SampleIndex):
         return self.commit(token, locs)
 
     def put_now(
-        self, ids: Sequence[str], infos: Any, metas: Any, payloads: Any, own: bool
+        self, ids: Sequence[str], infos: Any, metas: Any, payloads: Any, inline_max: int | None
     ) -> list[Any] | None:
         """Reserve and commit in one call if the budget has room now; None if it is full.
+        ``inline_max``: None when the writer owns its payloads, else ``commit_payload``'s.
 
         Saves the writer one round trip per put; validation errors raise as usual.
         """
@@ -65,8 +64,8 @@ class IndexServer(SampleIndex):
             token = self.reserve(ids, infos, metas, 0.0)
         except StoreFullError:
             return None
-        if own:
-            return self.commit_payload(token, payloads)
+        if inline_max is not None:
+            return self.commit_payload(token, payloads, inline_max)
         return self.commit(token, payloads)
 
     # -- Mooncake segment holder -------------------------------------------------------

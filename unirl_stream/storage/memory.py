@@ -125,8 +125,8 @@ class RayObjectPlane(Plane):
     ) -> list[Any]:
         """One index call when the budget has room (the common case), else two-phase."""
         payloads = self.write(ids, cols, infos)
-        own = self.owner == "controller"
-        replaced = link.call("put_now", ids, infos, metas, payloads, own)
+        inline_max = INLINE_MAX if self.owner == "controller" else None
+        replaced = link.call("put_now", ids, infos, metas, payloads, inline_max)
         if replaced is not None:
             return replaced
         token = link.reserve(ids, infos, metas, wait)  # blocks (backpressure)
@@ -134,7 +134,7 @@ class RayObjectPlane(Plane):
 
     def commit(self, link: Any, token: int, locs: Any) -> list[Any]:
         if self.owner == "controller":
-            return link.call("commit_payload", token, locs)
+            return link.call("commit_payload", token, locs, INLINE_MAX)
         return link.call("commit", token, locs)
 
     def read(self, ids: list[str], fields: list[str], located: Located) -> dict[str, torch.Tensor]:
@@ -170,7 +170,9 @@ class MemoryStore(IndexedStore):
 
     @classmethod
     def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> MemoryStore:
-        opts = _options(cls.Config, options)
+        from unirl_stream.storage.base import decode_options
+
+        opts = decode_options(cls.Config, options)
         budget = int(cfg.budget_mb * 2**20)
         if not use_ray:
             from unirl_stream.storage.index import SampleIndex
@@ -182,15 +184,3 @@ class MemoryStore(IndexedStore):
         store = cls(RayLink(actor), RayObjectPlane(opts.payload_owner), cfg.put_timeout_s)
         store._finalizers.append(lambda: stop_actor(actor))
         return store
-
-
-def _options(config_type: type, options: Any) -> Any:
-    """Accept a decoded Config, a plain dict (e.g. straight from a recipe) or None."""
-    if isinstance(options, config_type):
-        return options
-    try:
-        return msgspec.convert(dict(options or {}), config_type)
-    except msgspec.ValidationError as e:
-        from unirl_stream.api import UserInputError
-
-        raise UserInputError(f"[store] options: {e}") from None

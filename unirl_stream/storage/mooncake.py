@@ -23,7 +23,6 @@ from unirl_stream.api import StoreError
 from unirl_stream.storage import codec
 from unirl_stream.storage.base import IndexedStore, LocalLink, Located, Plane, RayLink, columns_of
 from unirl_stream.storage.codec import FieldInfo
-from unirl_stream.storage.memory import _options
 from unirl_stream.storage.mooncake_client import (
     ClientSettings,
     MasterProcess,
@@ -174,7 +173,9 @@ class MooncakeStore(IndexedStore):
 
     @classmethod
     def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> MooncakeStore:
-        opts = _options(cls.Config, options)
+        from unirl_stream.storage.base import decode_options
+
+        opts = decode_options(cls.Config, options)
         budget = int(cfg.budget_mb * 2**20)
         segment = int((opts.segment_mb or cfg.budget_mb * 1.25 + 64) * 2**20)
         stops: list[Any] = []

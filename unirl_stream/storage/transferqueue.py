@@ -34,9 +34,15 @@ import msgspec
 
 from unirl_stream.api import StoreError
 from unirl_stream.storage import codec
-from unirl_stream.storage.base import IndexedStore, Located, Plane, RayLink, columns_of
+from unirl_stream.storage.base import (
+    IndexedStore,
+    Located,
+    Plane,
+    RayLink,
+    columns_of,
+    decode_options,
+)
 from unirl_stream.storage.codec import FieldInfo, describe_ids
-from unirl_stream.storage.memory import _options
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -114,11 +120,6 @@ class TQPlane(Plane):
             task_name=task, sampling_config={"keys": ids},
         )
 
-    def consumed(self, task: str) -> int:
-        """How many samples TransferQueue's ledger records as consumed by ``task``."""
-        _, status = _tq().get_client().get_consumption_status(task, self.partition)
-        return 0 if status is None else int(status.sum())
-
 
 class TransferQueueStore(IndexedStore):
     """TransferQueue payload plane + our index actor; see the module docstring."""
@@ -128,7 +129,7 @@ class TransferQueueStore(IndexedStore):
 
     @classmethod
     def launch(cls, cfg: StoreConfig, options: Any = None, *, use_ray: bool) -> TransferQueueStore:
-        opts = _options(cls.Config, options)
+        opts = decode_options(cls.Config, options)
         if not use_ray:
             raise StoreError(
                 "the transferqueue backend runs its servers as Ray actors: open it with "
@@ -151,11 +152,6 @@ class TransferQueueStore(IndexedStore):
         store._finalizers.extend(stops)
         store._finalizers.append(lambda: _drop_partition(plane.partition))
         return store
-
-    def consumed_in_transferqueue(self, task: str) -> int:
-        """TransferQueue's own count of samples consumed by ``task`` (the ack mirror)."""
-        assert isinstance(self._plane, TQPlane)
-        return self._plane.consumed(task)
 
 
 def _start_tq(opts: TransferQueueOptions) -> bool:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 from msgspec import Meta
 
-from unirl_stream.api import FieldSpec, Prompt, ScoreBatch, StepResult
+from unirl_stream.api import REWARD, FieldSpec, Prompt, ScoreBatch, StepResult, TaskSpec
 
 
 class ConstantConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -50,12 +50,16 @@ class KeepTopFraction:
     Config: ClassVar[type[KeepConfig]] = KeepConfig
     task: ClassVar[str] = "keep_top_fraction"
 
+    @classmethod
+    def tasks(cls, recipe: Any) -> list[TaskSpec]:
+        """What this stage claims: whole scored groups (the driver registers it)."""
+        return [TaskSpec(cls.task, (REWARD,), by_group=True)]
+
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.options = ctx.options or KeepConfig()
         self.store = ctx.store
-        self.store.declare([FieldSpec("keep", "uint8")])
-        self.store.register_task(self.task, ["reward"], by_group=True)
+        self.store.declare([FieldSpec("keep", "uint8")])  # what it produces
 
     def step(self) -> StepResult:
         import torch
@@ -63,7 +67,7 @@ class KeepTopFraction:
         claim = self.store.claim(self.task, 1)
         if claim is None:
             return StepResult()
-        rewards = self.store.get(list(claim.ids), ["reward"])["reward"].reshape(-1)
+        rewards = self.store.get(list(claim.ids), [REWARD])[REWARD].reshape(-1)
         n_keep = max(1, math.ceil(self.options.fraction * len(claim.ids)))
         keep = torch.zeros(len(claim.ids), dtype=torch.uint8)
         keep[torch.argsort(rewards, descending=True, stable=True)[:n_keep]] = 1

@@ -3,7 +3,7 @@
 A checkpoint holds what the trainer needs to continue as if it had not stopped: the
 trainable weights (safetensors bytes from the policy), the optimizer state, the optimizer
 step and policy version, and the RNG states. The coordinator's cursor and gate are rebuilt
-from the run's journals and this step on resume (``coordinator.ResumePoint``).
+from the run's journals and this step on resume (``pipeline.coordinator.ResumePoint``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def restore(ckpt: Path, policy: Any) -> tuple[int, int]:
     import torch
 
     step, version = read_state(ckpt)
-    policy.load_weights((ckpt / "weights.safetensors").read_bytes(), version)
+    policy.load_weights((ckpt / "weights.safetensors").read_bytes())
     rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file, written above
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])

@@ -1,14 +1,13 @@
 """The metrics bus, sender side: how stage workers and the trainer ship metric events.
 
-Events (``api.METRIC_EVENT``) are msgpack-encoded msgspec Structs on a ZeroMQ PUSH socket
+Events (``events.METRIC_EVENT``) are msgpack-encoded msgspec Structs on a ZeroMQ PUSH socket
 connected to the driver's aggregator (``unirl_stream.monitor.aggregator``), which binds the
 PULL end. Sending never blocks the caller: a full queue (bounded by the high-water mark,
 e.g. while the driver is busy or gone) drops the event and counts the drop. Metrics are
 advisory; the training data never travels here.
 
-Also here: ``FanoutSink`` (one emit, many sinks), ``JsonlSink`` (events as JSON lines,
-e.g. the per-sample ledger) and ``StageMeter`` (turns a worker's steps into one
-``StageTick`` per ``tick_s``), so a stage runner needs three lines to report.
+Also here: ``StageMeter``, which turns a worker's steps into one ``StageTick`` per
+``tick_s`` (the stage runner reports through it).
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
-from unirl_stream.api import METRIC_EVENT, MetricEvent, MetricSink, NullSink, StageTick
+from unirl_stream.events import METRIC_EVENT, MetricEvent, MetricSink, NullSink, StageTick
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(METRIC_EVENT)
@@ -39,7 +37,7 @@ def decode_event(data: bytes) -> MetricEvent:
 
 
 class ZmqSink:
-    """``api.MetricSink`` for a worker: PUSH to the aggregator, never blocking.
+    """``events.MetricSink`` for a worker: PUSH to the aggregator, never blocking.
 
     The socket is created lazily in the process that first emits (and again after a
     fork), and the object pickles as its settings only, so it can be built in the driver
@@ -104,60 +102,6 @@ class ZmqSink:
             self._sock = None
 
 
-class FanoutSink:
-    """One ``emit`` to many sinks; a failing sink is counted and skipped, never raised
-    into the pipeline (a wandb hiccup must not stop training)."""
-
-    def __init__(self, sinks: Iterable[MetricSink]) -> None:
-        self.sinks = list(sinks)
-        self.errors = 0
-
-    def emit(self, event: MetricEvent) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except Exception:
-                self.errors += 1
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception:
-                self.errors += 1
-
-
-class JsonlSink:
-    """Events as JSON lines (``{"kind": <tag>, ...fields}``), optionally only some kinds,
-    e.g. ``JsonlSink(run_dir / "ledger.jsonl", kinds={"outcome"})`` for the sample ledger.
-    Lines are flushed as written so a reader (``tail -f``, the offline viewer) sees them."""
-
-    def __init__(self, path: str | Path, kinds: Iterable[str] | None = None) -> None:
-        self.path = Path(path)
-        self.kinds = frozenset(kinds) if kinds is not None else None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[bytes] | None = self.path.open("ab")
-        self._lock = threading.Lock()
-
-    def emit(self, event: MetricEvent) -> None:
-        kind = type(event).__struct_config__.tag
-        if self.kinds is not None and kind not in self.kinds:
-            return
-        row = {"kind": kind, **msgspec.to_builtins(event)}
-        row.pop("type", None)
-        line = msgspec.json.encode(row) + b"\n"
-        with self._lock:
-            if self._fh is not None:
-                self._fh.write(line)
-                self._fh.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-
-
 class StageMeter:
     """Accumulates one worker's steps and emits a ``StageTick`` every ``tick_s``.
 
@@ -174,9 +118,11 @@ class StageMeter:
         worker: int = 0,
         tick_s: float = 1.0,
         clock: Any = time.time,
+        task: str = "",
     ) -> None:
         self.sink: MetricSink = sink if sink is not None else NullSink()
         self.run_id, self.stage, self.worker, self.tick_s = run_id, stage, worker, tick_s
+        self.task = task  # the store task the stage claims from (the monitor's queue depth)
         self.clock = clock
         self.source = f"{stage}/{worker}"
         self._last = self._last_step = clock()
@@ -222,7 +168,7 @@ class StageMeter:
                 run_id=self.run_id, source=self.source, t=now, stage=self.stage,
                 worker=self.worker, processed=self.processed, dropped=self.dropped,
                 busy_s=busy, idle_s=span - busy,
-                policy_version=self.policy_version, values=dict(self.values),
+                policy_version=self.policy_version, task=self.task, values=dict(self.values),
             )
         )
         self._last = now
