@@ -17,9 +17,12 @@ queue wait, the queue depth at admission and the GPU's utilisation, for the clie
 
 Status codes: 400 bad request (client's fault, not retried), 422 the scorer rejected the
 input or broke its contract (not retried), 500 unexpected server error (retried).
-Requests are scored one at a time, always on the same long-lived worker thread: models are
-not assumed thread-safe, and torch's OpenMP pool belongs to the thread that calls it, so
-scoring on each request's fresh handler thread would rebuild the pool per request. The
+Requests are scored on one long-lived thread (``_ScoringLoop``): models are not assumed
+thread-safe, and torch's OpenMP pool belongs to the thread that calls it, so scoring on each
+request's fresh handler thread would rebuild the pool per request. Requests waiting in the
+queue are coalesced into one scorer call, up to the scorer's ``batch_size`` samples (same
+frame shape only): small requests from many clients fill the model's batch. A merged call
+that fails is retried request by request, so an error reaches only the request that caused it. The
 server binds 127.0.0.1 unless told otherwise. No pickle anywhere.
 """
 
@@ -27,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,19 +64,23 @@ class RewardServer:
         self.reward = reward
         self.rewards = RewardSet.from_specs([RewardSpec(name=reward, options=options)], where="reward-serve")
         self.scorer = self.rewards.scorers[0]
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-score")
+        self.loop = _ScoringLoop(self._score_batch, max(1, int(self.scorer.batch_size)))
         self.served = 0
         self.max_queue = max_queue
         self._slots = threading.BoundedSemaphore(max_queue + 1)  # waiting + the one scored
         self._count_lock = threading.Lock()
-        self.queue_depth = 0  # admitted, not yet being scored
-        self.peak_queue = 0
+        self.peak_queue = 0  # most requests seen waiting for the scoring thread
         self.peak_admitted = 0
         self._admitted = 0
         self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
         self._encoder = msgspec.msgpack.Encoder()
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests admitted and waiting for the scoring thread now."""
+        return self.loop.waiting()
 
     @property
     def port(self) -> int:
@@ -88,7 +96,7 @@ class RewardServer:
     def shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()
 
     def health(self) -> bytes:
         return msgspec.json.encode(
@@ -110,12 +118,17 @@ class RewardServer:
                 self._admitted -= 1
             self._slots.release()
 
-    def _score_queued(self, req: wire.ScoreRequest, media: Any, admitted: float) -> tuple[Any, float]:
-        """On the scoring thread: (RewardResult, seconds the request waited for it)."""
-        with self._count_lock:
-            self.queue_depth -= 1
-        waited = time.perf_counter() - admitted
-        return self.rewards.score([p.id for p in req.prompts], media, req.prompts), waited
+    def _score_batch(self, reqs: list[wire.ScoreRequest], media: Any) -> list[tuple[list[float | None], dict]]:
+        """On the scoring thread: score requests merged into one batch, split per request."""
+        prompts = [p for r in reqs for p in r.prompts]
+        result = self.rewards.score([p.id for p in prompts], media, prompts)
+        name, out, start = self.rewards.names[0], [], 0
+        for r in reqs:
+            end = start + len(r.prompts)
+            subs = {k.split("/", 1)[1]: v[start:end] for k, v in result.sub_terms.items()}
+            out.append((result.terms[name][start:end], subs))
+            start = end
+        return out
 
     def score(self, body: bytes) -> tuple[int, bytes]:
         """(HTTP status, msgpack reply) for one /score body."""
@@ -128,11 +141,11 @@ class RewardServer:
             return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
         t0 = time.perf_counter()
         with self._count_lock:
-            depth = self.queue_depth
-            self.queue_depth += 1
-            self.peak_queue = max(self.peak_queue, self.queue_depth)
+            depth = self.loop.waiting()
+            self.peak_queue = max(self.peak_queue, depth + 1)
+            future = self.loop.submit(req, media)
         try:
-            result, queued = self.worker.submit(self._score_queued, req, media, t0).result()
+            (scores, subs), started = future.result()
             self.served += len(req.prompts)
         except UserInputError as e:
             return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
@@ -141,11 +154,88 @@ class RewardServer:
         except Exception as e:  # the client sees the server's message and retries
             log.exception("reward %s failed", self.reward)
             return 500, self._encoder.encode(wire.ErrorReply(f"{type(e).__name__}: {e}", "internal"))
-        name = self.rewards.names[0]
-        subs = {k.split("/", 1)[1]: v for k, v in result.sub_terms.items()}
-        reply = wire.ScoreReply(result.terms[name], subs, time.perf_counter() - t0 - queued, queued, depth,
+        queued = started - t0
+        reply = wire.ScoreReply(scores, subs, time.perf_counter() - started, queued, depth,
                                 gpu_utilization(str(self.scorer.device)))
         return 200, self._encoder.encode(reply)
+
+
+class _Job:
+    __slots__ = ("req", "media", "future")
+
+    def __init__(self, req: wire.ScoreRequest, media: Any) -> None:
+        self.req, self.media, self.future = req, media, Future()
+
+
+class _ScoringLoop:
+    """One thread scoring queued requests, merging those that wait into one call.
+
+    ``submit`` returns a Future of (that request's share of ``score_batch``'s result, the
+    ``perf_counter`` time its batch started). At most ``max_samples`` samples are merged
+    (a larger request goes alone), and only requests of one frame shape.
+    """
+
+    def __init__(self, score_batch: Callable[[list[wire.ScoreRequest], Any], list[Any]], max_samples: int) -> None:
+        self.score_batch, self.max_samples = score_batch, max_samples
+        self.calls = 0  # scorer calls made (fewer than requests when requests were merged)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._held: _Job | None = None  # taken from the queue but not mergeable: next batch's head
+        self._thread = threading.Thread(target=self._run, name="reward-score", daemon=True)
+        self._thread.start()
+
+    def waiting(self) -> int:
+        """Requests submitted and not yet in a batch being scored."""
+        return self._jobs.qsize() + (self._held is not None)
+
+    def submit(self, req: wire.ScoreRequest, media: Any) -> Future:
+        job = _Job(req, media)
+        self._jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._score(batch)
+
+    def _next_batch(self) -> list[_Job] | None:
+        head, self._held = (self._held or self._jobs.get()), None
+        if head is None:
+            return None
+        batch, n = [head], len(head.req.prompts)
+        while n < self.max_samples:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # close(): end the loop after this batch
+                break
+            if job.media.shape[1:] != head.media.shape[1:] or n + len(job.req.prompts) > self.max_samples:
+                self._held = job
+                break
+            batch.append(job)
+            n += len(job.req.prompts)
+        return batch
+
+    def _score(self, batch: list[_Job]) -> None:
+        import torch
+
+        started = time.perf_counter()
+        self.calls += 1
+        try:
+            media = torch.cat([j.media for j in batch]) if len(batch) > 1 else batch[0].media
+            shares = self.score_batch([j.req for j in batch], media)
+        except Exception as e:  # an error belongs to one request: retry the merged ones alone
+            if len(batch) > 1:
+                for j in batch:
+                    self._score([j])
+            else:
+                batch[0].future.set_exception(e)
+            return
+        for job, share in zip(batch, shares, strict=True):
+            job.future.set_result((share, started))
 
 
 def gpu_utilization(device: str) -> float | None:
