@@ -1,5 +1,5 @@
 """Reward scorers on CPU: samples/s per scorer at 64x64 and 256x256, and the remote service
-against in-process scoring.
+against in-process scoring (``reward_pool.py``: several replicas, failover, backpressure).
 
 Model scorers use tiny random-weight models of the real architectures (built here with
 ``unirl_stream.rewards.testing``), so the numbers measure our pipeline around the model
@@ -36,11 +36,18 @@ def media(b: int, side: int, frames: int = 1) -> Any:
     return torch.randint(0, 256, (b, frames, side, side, 3), generator=g, dtype=torch.uint8)
 
 
+GENEVAL = [{"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}]},
+           {"tag": "color_attr", "include": [{"class": "cat", "count": 1, "color": "red"}]},
+           {"tag": "position", "include": [{"class": "dog", "count": 1},
+                                           {"class": "cat", "count": 1, "position": ["left of", 0]}]},
+           {"tag": "single_object", "include": [{"class": "car", "count": 1}]}]
+
+
 def prompts(b: int) -> list[Any]:
     from unirl_stream.api import Prompt
 
     texts = ['a red sign that says "OPEN"', 'the cat holding a "HELLO" card', 'a dog, "WOOF"', 'the red cat "MEOW"']
-    return [Prompt(id=f"bench:{i}", text=texts[i % 4]) for i in range(b)]
+    return [Prompt(id=f"bench:{i}", text=texts[i % 4], extra=GENEVAL[i % 4]) for i in range(b)]
 
 
 def throughput(rewards: Any, b: int, side: int, frames: int, min_s: float) -> float:
@@ -58,12 +65,25 @@ def throughput(rewards: Any, b: int, side: int, frames: int, min_s: float) -> fl
 
 
 def build_models(root: Path) -> dict[str, dict[str, Any]]:
-    from unirl_stream.rewards import testing
+    from unirl_stream.rewards import testing, testing_vlm
 
     clip = str(testing.save_tiny_clip(root / "clip"))
     head = str(testing.save_aesthetic_head(root / "head.pth"))
     ckpt, hps_clip = testing.save_tiny_hps(root / "hps")
+    ir = testing.save_tiny_imagereward(root / "imagereward")
+    qwen = str(testing_vlm.save_tiny_qwen_vl(root / "qwen25vl"))
+    hps3_base, hps3_ckpt = testing_vlm.save_tiny_hpsv3(root / "hpsv3")
+    owl = str(testing.save_tiny_owlv2(root / "owlv2"))
     return {
+        # GenEval rows of the 4 tags with a colour and a position among them (its detector runs
+        # once per batch; CLIP colours only where a row asks for one)
+        "geneval": {"detector": owl, "color_model": clip, "threshold": 0.5, "counting_threshold": 0.6},
+        "imagereward": {"checkpoint": str(ir / "ImageReward.pt"), "med_config": str(ir / "med_config.json"),
+                        "tokenizer": str(ir / "tokenizer")},
+        # tiny Qwen models: 112 x 112 images (16 merged patches); the bytes-only tokenizer
+        # makes HPSv3's instruction ~2,650 tokens, so its row is dominated by text
+        "vlm_judge": {"model": qwen, "dtype": "float32", "max_pixels": 112 * 112},
+        "hpsv3": {"base": str(hps3_base), "checkpoint": str(hps3_ckpt), "dtype": "float32", "pixels": 56 * 56},
         "brightness": {},
         "jpeg_compressibility": {},
         "pickscore": {"model": clip, "processor": clip},
@@ -81,7 +101,7 @@ def bench_scorers(rows: Rows, options: dict[str, dict[str, Any]], quick: bool, t
 
     min_s = 0.3 if quick else 1.5
     for name, opts in options.items():
-        b = 4 if name == "ocr" else 16
+        b = 4 if name in ("ocr", "vlm_judge", "hpsv3") else 16
         rs = RewardSet.from_specs([RewardSpec(name=name, options={**opts, "batch_size": b})])
         for side in (64, 256):
             sps = throughput(rs, b, side, 1, min_s)
@@ -119,7 +139,7 @@ def transport_ms(url: str, b: int, side: int, n: int = 20) -> tuple[float, float
     for k in range(n + 3):
         t0 = time.perf_counter()
         body = msgspec.msgpack.encode(wire.ScoreRequest(wire.encode_media(m), p))
-        reply = client._post_once(body)
+        reply = client._post_once(client.pool.endpoints[0], body)
         if k >= 3:  # warm-up
             walls.append(time.perf_counter() - t0)
             server.append(reply.seconds)

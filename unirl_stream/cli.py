@@ -242,6 +242,8 @@ def reward_serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one).")] = 0,
     set_: SetOption = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests admitted and waiting "
+                                           "for the scorer, at most; more senders block.")] = 4,
 ) -> None:
     """Serve one reward model over the network for `remote` rewards of other runs."""
     from unirl_stream import registry
@@ -258,7 +260,7 @@ def reward_serve(
         sys.stdout.write(f"serving reward {reward!r} on http://{host}:{bound} (Ctrl-C stops)\n")
         sys.stdout.flush()
 
-    server.serve(reward, options, host, port, ready=ready)
+    server.serve(reward, options, host, port, ready=ready, max_queue=max_queue)
 
 
 def _debug_default() -> bool:

@@ -96,12 +96,12 @@ def test_killing_the_server_mid_batch_fails_after_retries(brightness_process, mo
     real_post = RemoteReward._post_once
     calls: list[int] = []
 
-    def post_then_kill(self, body):  # the first request succeeds, then the service dies
+    def post_then_kill(self, ep, body):  # the first request succeeds, then the service dies
         calls.append(1)
         if len(calls) == 2:
             proc.kill()
             proc.wait(timeout=10)
-        return real_post(self, body)
+        return real_post(self, ep, body)
 
     monkeypatch.setattr(RemoteReward, "_post_once", post_then_kill)
     port = url.rsplit(":", 1)[1]

@@ -94,6 +94,9 @@ class ImageGeometry:
     ``mode = "crop"``: resize the shortest side to ``short`` then center-crop ``crop``
     (CLIPImageProcessor). ``mode = "pad"``: resize the longest side to ``crop[0]`` and pad
     to a square with black (open_clip ``ResizeMaxSize``, used by HPSv2's val transform).
+    ``center = "torchvision"``: the crop offset is torchvision ``CenterCrop``'s
+    ``int(round(d / 2))`` (half to even) instead of CLIPImageProcessor's ``d // 2``; they
+    differ by one pixel when the excess d is 3 mod 4 (ImageReward's transform).
     """
 
     def __init__(
@@ -103,8 +106,9 @@ class ImageGeometry:
         mean: Sequence[float],
         std: Sequence[float],
         mode: str = "crop",
+        center: str = "floor",
     ) -> None:
-        self.short, self.crop, self.mode = short, crop, mode
+        self.short, self.crop, self.mode, self.center = short, crop, mode, center
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
     @classmethod
@@ -140,7 +144,10 @@ class ImageGeometry:
         ch, cw = self.crop
         if ch > nh or cw > nw:
             raise UserInputError(f"crop {self.crop} larger than resized image {(nh, nw)}")
-        top, left = (nh - ch) // 2, (nw - cw) // 2
+        if self.center == "torchvision":
+            top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
+        else:
+            top, left = (nh - ch) // 2, (nw - cw) // 2
         return pil_bicubic(x, nh, nw, window=(top, left, ch, cw))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,11 @@ scorers' own sub-terms, and the samples whose score was NaN/inf/None. The caller
 reward stage) applies each spec's ``on_nan``: ``raise_on_fail(result)`` raises a
 RewardError naming sample id, scorer and value for ``fail`` terms and returns the samples
 to drop (with their reasons) for ``drop`` terms.
+
+A scorer may also have ``metrics() -> dict[str, float]`` (the ``remote`` plugin does: request
+latency, server queue wait and depth, live endpoints, GPU utilisation); the set reads it
+after each call and ``RewardResult.metrics()`` ships the values as
+``reward_service/<term>/<key>``, which the reward stage puts on its metrics-bus tick.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class RewardResult(msgspec.Struct):
     bad: list[BadScore] = []
     seconds: dict[str, float] = {}
     """Wall time spent in each scorer for this call."""
+    service: dict[str, float] = {}
+    """Scorers' own counters for this call, keyed "term/key" (see the module docstring)."""
 
     def metrics(self) -> dict[str, float]:
         """Means over the finite values: ``reward/total``, ``reward/<term>``, sub-terms."""
@@ -63,6 +70,7 @@ class RewardResult(msgspec.Struct):
             if good:
                 out[f"reward/{key}"] = sum(good) / len(good)
         out |= {f"reward_seconds/{k}": v for k, v in self.seconds.items()}
+        out |= {f"reward_service/{k}": v for k, v in self.service.items()}
         return out
 
 
@@ -123,13 +131,17 @@ class RewardSet:
         terms: dict[str, list[float | None]] = {}
         subs: dict[str, list[float]] = {}
         seconds: dict[str, float] = {}
+        service: dict[str, float] = {}
         for name, scorer in zip(self.names, self.scorers, strict=True):
             t0 = time.perf_counter()
             terms[name], sub = self._run(name, scorer, media, list(prompts))
             seconds[name] = time.perf_counter() - t0
             subs |= {f"{name}/{k}": v for k, v in sub.items() if len(v) == n}
+            counters = getattr(scorer, "metrics", None)
+            if callable(counters):
+                service |= {f"{name}/{k}": float(v) for k, v in counters().items()}
         totals, bad = self._combine(list(ids), terms)
-        result = RewardResult(list(ids), totals, terms, subs, bad, seconds)
+        result = RewardResult(list(ids), totals, terms, subs, bad, seconds, service)
         for key, value in result.metrics().items():
             log.debug("%s = %.6g over %d samples", key, value, n)
         return result

@@ -8,11 +8,21 @@ loads one scorer (by plugin name, with its options) and serves
   chunks of the scorer's ``batch_size`` exactly like an in-process ``RewardSet``;
 - ``GET /health``: JSON ``wire.Health``.
 
+Admission is bounded: at most ``max_queue`` requests wait, body read, for the scoring
+thread (plus the one it scores). A further request's body stays unread in its socket until
+a slot frees, so its sender blocks in TCP (backpressure up the client, the reward stage and,
+through the store's staleness gate, the producers) and the server never holds more than
+``max_queue + 1`` request bodies, however many clients connect. Each reply reports its
+queue wait, the queue depth at admission and the GPU's utilisation, for the client's metrics.
+
 Status codes: 400 bad request (client's fault, not retried), 422 the scorer rejected the
 input or broke its contract (not retried), 500 unexpected server error (retried).
-Requests are scored one at a time, always on the same long-lived worker thread: models are
-not assumed thread-safe, and torch's OpenMP pool belongs to the thread that calls it, so
-scoring on each request's fresh handler thread would rebuild the pool per request. The
+Requests are scored on one long-lived thread (``_ScoringLoop``): models are not assumed
+thread-safe, and torch's OpenMP pool belongs to the thread that calls it, so scoring on each
+request's fresh handler thread would rebuild the pool per request. Requests waiting in the
+queue are coalesced into one scorer call, up to the scorer's ``batch_size`` samples (same
+frame shape only): small requests from many clients fill the model's batch. A merged call
+that fails is retried request by request, so an error reaches only the request that caused it. The
 server binds 127.0.0.1 unless told otherwise. No pickle anywhere.
 """
 
@@ -20,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -40,18 +53,34 @@ MAX_BODY = 2 << 30  # 2 GiB: ~60 samples of 81 x 480 x 832 raw video frames
 class RewardServer:
     """The service without its loop: tests run ``serve_forever`` in a thread."""
 
-    def __init__(self, reward: str, options: dict[str, Any], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, reward: str, options: dict[str, Any], host: str = "127.0.0.1", port: int = 0, max_queue: int = 4
+    ) -> None:
         from unirl_stream.rewards.combine import RewardSet
+
+        if max_queue < 0:
+            raise UserInputError(f"reward-serve: --max-queue must be >= 0, got {max_queue}")
 
         self.reward = reward
         self.rewards = RewardSet.from_specs([RewardSpec(name=reward, options=options)], where="reward-serve")
         self.scorer = self.rewards.scorers[0]
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-score")
+        self.loop = _ScoringLoop(self._score_batch, max(1, int(self.scorer.batch_size)))
         self.served = 0
+        self.max_queue = max_queue
+        self._slots = threading.BoundedSemaphore(max_queue + 1)  # waiting + the one scored
+        self._count_lock = threading.Lock()
+        self.peak_queue = 0  # most requests seen waiting for the scoring thread
+        self.peak_admitted = 0
+        self._admitted = 0
         self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
         self._encoder = msgspec.msgpack.Encoder()
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.httpd.daemon_threads = True
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests admitted and waiting for the scoring thread now."""
+        return self.loop.waiting()
 
     @property
     def port(self) -> int:
@@ -67,12 +96,39 @@ class RewardServer:
     def shutdown(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.loop.close()
 
     def health(self) -> bytes:
         return msgspec.json.encode(
-            wire.Health("ok", self.reward, int(self.scorer.batch_size), str(self.scorer.device), self.served)
+            wire.Health("ok", self.reward, int(self.scorer.batch_size), str(self.scorer.device), self.served,
+                        self.max_queue, self.queue_depth, self.peak_queue)
         )
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``max_queue + 1`` admission slots (blocks while all are taken)."""
+        self._slots.acquire()
+        with self._count_lock:
+            self._admitted += 1
+            self.peak_admitted = max(self.peak_admitted, self._admitted)
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._admitted -= 1
+            self._slots.release()
+
+    def _score_batch(self, reqs: list[wire.ScoreRequest], media: Any) -> list[tuple[list[float | None], dict]]:
+        """On the scoring thread: score requests merged into one batch, split per request."""
+        prompts = [p for r in reqs for p in r.prompts]
+        result = self.rewards.score([p.id for p in prompts], media, prompts)
+        name, out, start = self.rewards.names[0], [], 0
+        for r in reqs:
+            end = start + len(r.prompts)
+            subs = {k.split("/", 1)[1]: v[start:end] for k, v in result.sub_terms.items()}
+            out.append((result.terms[name][start:end], subs))
+            start = end
+        return out
 
     def score(self, body: bytes) -> tuple[int, bytes]:
         """(HTTP status, msgpack reply) for one /score body."""
@@ -84,8 +140,12 @@ class RewardServer:
         except (msgspec.ValidationError, msgspec.DecodeError, UserInputError) as e:
             return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
         t0 = time.perf_counter()
+        with self._count_lock:
+            depth = self.loop.waiting()
+            self.peak_queue = max(self.peak_queue, depth + 1)
+            future = self.loop.submit(req, media)
         try:
-            result = self.worker.submit(self.rewards.score, [p.id for p in req.prompts], media, req.prompts).result()
+            (scores, subs), started = future.result()
             self.served += len(req.prompts)
         except UserInputError as e:
             return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
@@ -94,15 +154,106 @@ class RewardServer:
         except Exception as e:  # the client sees the server's message and retries
             log.exception("reward %s failed", self.reward)
             return 500, self._encoder.encode(wire.ErrorReply(f"{type(e).__name__}: {e}", "internal"))
-        name = self.rewards.names[0]
-        subs = {k.split("/", 1)[1]: v for k, v in result.sub_terms.items()}
-        reply = wire.ScoreReply(result.terms[name], subs, time.perf_counter() - t0)
+        queued = started - t0
+        reply = wire.ScoreReply(scores, subs, time.perf_counter() - started, queued, depth,
+                                gpu_utilization(str(self.scorer.device)))
         return 200, self._encoder.encode(reply)
+
+
+class _Job:
+    __slots__ = ("req", "media", "future")
+
+    def __init__(self, req: wire.ScoreRequest, media: Any) -> None:
+        self.req, self.media, self.future = req, media, Future()
+
+
+class _ScoringLoop:
+    """One thread scoring queued requests, merging those that wait into one call.
+
+    ``submit`` returns a Future of (that request's share of ``score_batch``'s result, the
+    ``perf_counter`` time its batch started). At most ``max_samples`` samples are merged
+    (a larger request goes alone), and only requests of one frame shape.
+    """
+
+    def __init__(self, score_batch: Callable[[list[wire.ScoreRequest], Any], list[Any]], max_samples: int) -> None:
+        self.score_batch, self.max_samples = score_batch, max_samples
+        self.calls = 0  # scorer calls made (fewer than requests when requests were merged)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._held: _Job | None = None  # taken from the queue but not mergeable: next batch's head
+        self._thread = threading.Thread(target=self._run, name="reward-score", daemon=True)
+        self._thread.start()
+
+    def waiting(self) -> int:
+        """Requests submitted and not yet in a batch being scored."""
+        return self._jobs.qsize() + (self._held is not None)
+
+    def submit(self, req: wire.ScoreRequest, media: Any) -> Future:
+        job = _Job(req, media)
+        self._jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._score(batch)
+
+    def _next_batch(self) -> list[_Job] | None:
+        head, self._held = (self._held or self._jobs.get()), None
+        if head is None:
+            return None
+        batch, n = [head], len(head.req.prompts)
+        while n < self.max_samples:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # close(): end the loop after this batch
+                break
+            if job.media.shape[1:] != head.media.shape[1:] or n + len(job.req.prompts) > self.max_samples:
+                self._held = job
+                break
+            batch.append(job)
+            n += len(job.req.prompts)
+        return batch
+
+    def _score(self, batch: list[_Job]) -> None:
+        import torch
+
+        started = time.perf_counter()
+        self.calls += 1
+        try:
+            media = torch.cat([j.media for j in batch]) if len(batch) > 1 else batch[0].media
+            shares = self.score_batch([j.req for j in batch], media)
+        except Exception as e:  # an error belongs to one request: retry the merged ones alone
+            if len(batch) > 1:
+                for j in batch:
+                    self._score([j])
+            else:
+                batch[0].future.set_exception(e)
+            return
+        for job, share in zip(batch, shares, strict=True):
+            job.future.set_result((share, started))
+
+
+def gpu_utilization(device: str) -> float | None:
+    """NVML's utilisation of ``device`` in percent; None on CPU or when NVML is missing."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        return float(torch.cuda.utilization(torch.device(device)))
+    except Exception:  # no pynvml / no driver: utilisation is advisory, never an error
+        return None
 
 
 def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no delayed-ACK stall
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path.rstrip("/") == "/health":
@@ -119,7 +270,8 @@ def _handler(server: RewardServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(400, msgspec.msgpack.encode(wire.ErrorReply(f"bad Content-Length {length}", "user")))
                 return
-            status, reply = server.score(self.rfile.read(length))
+            with server.slot():  # until admitted, the body stays in the socket: the sender waits
+                status, reply = server.score(self.rfile.read(length))
             self._send(status, reply)
 
         def _send(self, status: int, body: bytes, ctype: str = wire.CONTENT_TYPE) -> None:
@@ -141,12 +293,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     ready: Callable[[int], None] | None = None,
+    max_queue: int = 4,
 ) -> None:
     """Load ``reward`` with ``options`` and serve it until interrupted (blocking).
 
     ``port = 0`` picks a free port; ``ready(port)`` is called once the socket listens.
     """
-    server = RewardServer(reward, options, host, port)
+    server = RewardServer(reward, options, host, port, max_queue)
     if ready is not None:
         ready(server.port)
     try:
@@ -172,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reward", required=True, help="reward plugin name (see `unirl-stream plugins`)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed)")
+    ap.add_argument("--max-queue", type=int, default=4,
+                    help="requests admitted and waiting for the scorer, at most (default 4); "
+                         "more senders block until a slot frees")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="scorer option, value parsed as TOML else kept as a string (repeatable), "
                          "e.g. --set aggregate=min --set batch_size=8")
@@ -182,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reward-serve: {args.reward} listening on http://{args.host}:{port}", flush=True)
 
     try:
-        serve(args.reward, options_from_sets(args.set), args.host, args.port, ready)
+        serve(args.reward, options_from_sets(args.set), args.host, args.port, ready, args.max_queue)
     except UnirlError as e:
         print(f"reward-serve: {e}", file=sys.stderr)
         return e.exit_code

@@ -190,3 +190,91 @@ def save_tiny_got(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     GotOcr2ForConditionalGeneration(config).save_pretrained(str(folder))
     return folder
+
+
+BERT_WORDS = ["the", "cat", "a", "red", "dog", "hello", "world", "on", "blue", "two", "left", "of"]
+
+
+def write_bert_tokenizer(folder: Path) -> Any:
+    """A real BertTokenizer over a tiny word-piece vocabulary (special tokens first, as BERT)."""
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS, *letters, *[f"##{c}" for c in letters]]
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def save_tiny_imagereward(folder: Path, seed: int = 0) -> Path:
+    """``ImageReward.pt`` (BLIP key names, random weights), ``med_config.json`` and a BERT
+    tokenizer folder ``tokenizer/``: what the imagereward scorer's loader reads.
+
+    The weights are drawn in transformers' BLIP modules and renamed to BLIP's own names
+    (the inverse of the scorer's mapping); the test checks the ViT against a reference
+    that reads BLIP's names directly.
+    """
+    import torch
+    from transformers import BlipTextConfig, BlipVisionConfig
+    from transformers.models.blip.modeling_blip import BlipVisionModel
+    from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+    from unirl_stream.rewards.imagereward import _VIT_BLOCK, _VIT_TOP, HEAD_LAYERS, load_tokenizer
+
+    write_bert_tokenizer(folder / "tokenizer")
+    vocab = len(load_tokenizer(str(folder / "tokenizer")))  # + [DEC], [ENC]
+    med = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "max_position_embeddings": 64, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "vocab_size": vocab,
+           "encoder_width": 128, "add_cross_attention": True, "pad_token_id": 0}
+    (folder / "med_config.json").write_text(json.dumps(med))
+    torch.manual_seed(seed)
+    vision = BlipVisionModel(BlipVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                              num_attention_heads=2, image_size=32, patch_size=8, layer_norm_eps=1e-6))
+    text = BlipTextModel(BlipTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=128),
+                         add_pooling_layer=False)
+    inverse = {v: k for k, v in _VIT_TOP.items()} | {v: k for k, v in _VIT_BLOCK.items()}
+    state: dict[str, Any] = {}
+    for key, value in vision.state_dict().items():
+        if key in inverse:
+            state[f"blip.visual_encoder.{inverse[key]}"] = value
+        else:
+            i, rest = key.removeprefix("encoder.layers.").split(".", 1)
+            module, kind = rest.rsplit(".", 1)
+            state[f"blip.visual_encoder.blocks.{i}.{inverse[module]}.{kind}"] = value
+    state |= {f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()}
+    widths = [32, 48, 24, 16, 8, 1]  # the reference's 768-1024-128-64-16-1, shrunk
+    for j, i in enumerate(HEAD_LAYERS):
+        state[f"mlp.layers.{i}.weight"] = torch.empty(widths[j + 1], widths[j])
+        state[f"mlp.layers.{i}.bias"] = torch.empty(widths[j + 1])
+    g = torch.Generator().manual_seed(seed)
+    for key, value in state.items():  # visible weights everywhere (HF init zeroes biases)
+        if value.is_floating_point():
+            norm = "norm" in key.lower() and key.endswith("weight")
+            state[key] = (1.0 if norm else 0.0) + torch.randn(value.shape, generator=g) * (0.1 if norm else 0.2)
+    state["blip.vision_proj.weight"] = torch.randn(8, 128, generator=g)  # the reference's extra heads: ignored
+    torch.save(state, folder / "ImageReward.pt")
+    return folder
+
+
+def save_tiny_owlv2(folder: Path, seed: int = 0, image_size: int = 64) -> Path:
+    """A random Owlv2ForObjectDetection with its image processor (pad to square, resize
+    to ``image_size``) and the tiny CLIP tokenizer: what the geneval scorer's detector reads."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil
+
+    tok = write_clip_tokenizer(folder)
+    Owlv2ImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(folder))
+    n = len(tok)
+    text = dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # wide logits, so thresholds split detections instead of dropping all
+        for p in model.class_head.parameters():
+            p.mul_(20.0)
+    model.save_pretrained(str(folder))
+    return folder

@@ -44,6 +44,13 @@ class ScoreReply(msgspec.Struct, frozen=True):
     scores: list[float | None]
     terms: dict[str, list[float]] = {}
     seconds: float = 0.0
+    """Scoring time on the server (queue wait excluded)."""
+    queue_s: float = 0.0
+    """Time the request waited, admitted, for the scoring thread."""
+    queue_depth: int = 0
+    """Requests admitted and not yet scored when this one was admitted (itself excluded)."""
+    gpu_util: float | None = None
+    """The scoring GPU's utilisation in percent after scoring; None on CPU or without NVML."""
 
 
 class ErrorReply(msgspec.Struct, frozen=True):
@@ -57,6 +64,10 @@ class Health(msgspec.Struct, frozen=True):
     batch_size: int
     device: str
     served: int = 0
+    max_queue: int = 0
+    """Requests admitted (body read) but not yet scored, at most; beyond, senders wait."""
+    queue_depth: int = 0
+    peak_queue: int = 0
 
 
 def encode_media(media: torch.Tensor, encoding: Literal["raw", "png"] = "raw") -> MediaBlob:
