@@ -127,7 +127,26 @@ def timed(fn: Any, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def policy_phases(policy: Any, batch: int, a: argparse.Namespace) -> tuple[float, Any]:
+def profile_busy(label: str, fn: Any, table: bool) -> float:
+    """Seconds the device was busy (kernel time) during one call of ``fn``; prints the host's
+    most expensive operators when ``table`` (what keeps a launch-bound loop waiting)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in ka) / 1e6
+    print(f"[profile {label}] device busy {busy:.3f}s", flush=True)
+    if table:
+        print(ka.table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
+    return busy
+
+
+def policy_phases(policy: Any, batch: int, a: argparse.Namespace, once: bool = False) -> tuple[float, Any]:
     """Our sampler's denoising loop (no decode) for ``batch`` samples; returns (s, trajectory)."""
     from unirl_stream.algorithms.sampler import sample
     from unirl_stream.algorithms.selection import select_steps
@@ -145,6 +164,8 @@ def policy_phases(policy: Any, batch: int, a: argparse.Namespace) -> tuple[float
             return sample(policy._velocity_fn(cond), policy.spec, seeds, steps, policy.slots,
                           policy.latent_shape, policy.sigmas, policy.device)
 
+    if once:
+        return run(), prompts
     return timed(run, a.repeats, a.cuda), prompts
 
 
@@ -159,6 +180,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--batch", nargs="*", type=int, default=[1, 4])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="also profile one call of each loop")
     a = ap.parse_args()
     a.cuda = not a.tiny
     a.device, a.size = ("cpu", 64) if a.tiny else ("cuda", 512)
@@ -200,7 +222,37 @@ def main() -> None:
             rows.add(cfg, "sampler_fp32_lora_vs_plain", t_train / t_plain, "x")
             print(f"batch {batch}: plain {t_plain:.3f}s (with the adapter {t_plain_lora:.3f}s), ours bf16 LoRA {t_prod:.3f}s ({t_prod / t_plain:.3f}x), "
                   f"fp32 LoRA {t_train:.3f}s ({t_train / t_plain:.3f}x)", flush=True)
+            if a.profile and a.cuda:
+                try:
+                    busy_plain = profile_busy(f"plain+adapter b{batch}", lambda kw=kw: producer.pipeline(**kw), False)
+                    busy_ours = profile_busy(f"ours b{batch}", lambda b=batch: policy_phases(producer, b, a, once=True), True)
+                except Exception as e:  # a diagnostic: the timings above stand without it
+                    print(f"profile failed: {type(e).__name__}: {e}", flush=True)
+                else:
+                    rows.add(cfg, "plain_bf16_lora_device_busy_fraction", busy_plain / t_plain_lora, "ratio")
+                    rows.add(cfg, "producer_bf16_lora_device_busy_fraction", busy_ours / t_prod, "ratio")
         replay_rows(trainer, rows, base, a)
+
+
+def bare_pair(policy: Any, prompts: Any) -> Any:
+    """A forward + backward of the trained transformer on the CFG pair of one sample at a
+    replayed step's shapes, gradients into the adapters only: what replay cannot beat."""
+    import torch
+
+    from unirl_stream.models.flow import _cat, _expand
+
+    cond = _cat(policy.embed(prompts), _expand(policy._negative(), 1))
+    g = torch.Generator(device=policy.device).manual_seed(0)
+    x = torch.randn(2, *policy.latent_shape, generator=g, device=policy.device).to(policy.dtype)
+    t = torch.full((2,), 900.0, device=policy.device)
+    params = list(policy.trainable_parameters())
+
+    def step() -> None:
+        policy._forward(0, x, t, cond).float().square().mean().backward()
+        for p in params:
+            p.grad = None
+
+    return step
 
 
 def replay_rows(policy: Any, rows: Rows, base: dict[str, Any], a: argparse.Namespace) -> None:
@@ -218,6 +270,7 @@ def replay_rows(policy: Any, rows: Rows, base: dict[str, Any], a: argparse.Names
 
     k = td["log_probs"].shape[1]
     t_replay = timed(step, a.repeats, a.cuda)
+    t_pair = timed(bare_pair(policy, prompts), a.repeats, a.cuda)
     if a.cuda:
         torch.cuda.reset_peak_memory_stats()
         step()
@@ -225,10 +278,13 @@ def replay_rows(policy: Any, rows: Rows, base: dict[str, Any], a: argparse.Names
     t_dec = timed(lambda: policy.decode(td["latents"][:, -1].to(policy.device)), a.repeats, a.cuda)
     cfg = {**base, "batch": 1, "sde_steps": k}
     rows.add(cfg, "replay_fwd_bwd_per_sde_step_s", t_replay / k, "s")
+    rows.add(cfg, "bare_pair_fwd_bwd_s", t_pair, "s")
+    rows.add(cfg, "replay_per_sde_step_over_bare_pair", t_replay / k / t_pair, "ratio")
     rows.add(cfg, "replay_peak_gib", peak, "GiB")
     rows.add(cfg, "replay_vs_rollout_max_abs_logprob_gap", gap, "nats")
     rows.add(cfg, "vae_decode_s", t_dec, "s")
-    print(f"replay {t_replay / k:.3f}s per SDE step (peak {peak:.1f} GiB), log-prob gap {gap:.2e}, "
+    print(f"replay {t_replay / k:.3f}s per SDE step ({t_replay / k / t_pair:.3f}x the bare pair {t_pair:.3f}s; "
+          f"peak {peak:.1f} GiB), log-prob gap {gap:.2e}, "
           f"decode {t_dec:.3f}s", flush=True)
 
 

@@ -31,11 +31,17 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
 
 def gaussian(seeds: Sequence[int], shape: Sequence[int], purpose: str, step: int = -1,
              device: torch.device | str = "cpu") -> torch.Tensor:
-    """Standard normal noise [len(seeds), *shape] in fp32, row b drawn from seed b only."""
+    """Standard normal noise [len(seeds), *shape] in fp32, row b drawn from seed b only.
+
+    Drawn on the host; on a GPU it arrives by an asynchronous copy from pinned memory, so
+    the caller never waits for the device's queue to drain."""
     import torch
 
     rows = []
     for s in seeds:
         g = torch.Generator(device="cpu").manual_seed(derive_seed(int(s), purpose, step))
         rows.append(torch.randn(tuple(shape), generator=g, dtype=torch.float32))
-    return torch.stack(rows).to(device)
+    out = torch.stack(rows)
+    if torch.device(device).type == "cuda":
+        return out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)

@@ -72,14 +72,19 @@ def sample(
     B, N, K = len(seeds), len(sigmas) - 1, len(steps[0])
     if any(len(s) != K for s in steps):
         raise ValueError("every sample of a batch must score the same number of steps")
-    sig = torch.tensor(list(sigmas), dtype=torch.float32, device=device)
-    ts = torch.tensor(timestep_grid(sigmas), dtype=torch.float32, device=device)
+    host_ts = timestep_grid(sigmas)
+    sig = _to(torch.tensor(list(sigmas), dtype=torch.float32), device)
+    ts = _to(torch.tensor(host_ts, dtype=torch.float32), device)
     positions = [latent_positions(list(s), slots) for s in steps]
+    plan = _step_plan(steps, N, device)
     store = torch.empty(B, slots, *latent_shape, dtype=torch.float32, device=device)
     log_probs = torch.zeros(B, K, dtype=torch.float32, device=device)
     experts = torch.zeros(B, K, dtype=torch.int64, device=device)
-    rows = torch.arange(B, device=device)
+    rows = _to(torch.arange(B), device)
     x = gaussian(seeds, latent_shape, "init", device=device)
+    # Nothing in this loop waits for the device: routing, row and column indices come from
+    # host values, and noise reaches the device by asynchronous copies, so the host queues
+    # step i + 1 while the device still runs step i.
     for i in range(N + 1):
         for b, pos in enumerate(positions):
             for m, p in enumerate(pos):
@@ -87,18 +92,16 @@ def sample(
                     store[b, m] = x[b]
         if i == N:
             break
-        e = route(float(ts[i]), spec.boundary_ratio, spec.num_experts)
+        e = route(host_ts[i], spec.boundary_ratio, spec.num_experts)
         v = velocity(e, x, ts[i].expand(B), rows)
         s_i, s_n, s_max = sig[i].expand(B), sig[i + 1].expand(B), sig[min(1, N)].expand(B)
         nxt = ode_step(x, v, s_i, s_n)
-        sde_rows = [b for b in range(B) if i in steps[b]]
-        if sde_rows:
-            idx = torch.tensor(sde_rows, device=device)
+        if i in plan:
+            sde_rows, idx, cols = plan[i]
             mean, std = sde_step(spec.kernel, x[idx], v[idx], s_i[idx], s_n[idx], s_max[idx], spec.eta)
             eps = gaussian([seeds[b] for b in sde_rows], latent_shape, "step", i, device=device)
             y = mean + std * eps
             nxt[idx] = y
-            cols = torch.tensor([list(steps[b]).index(i) for b in sde_rows], device=device)
             log_probs[idx, cols] = gaussian_log_prob(y, mean, std)
             experts[idx, cols] = e
         x = nxt
@@ -114,37 +117,62 @@ def sample(
     )
 
 
+def _to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device (an asynchronous copy)."""
+    return t.to(device, non_blocking=True)
+
+
+def _step_plan(steps: Sequence[Sequence[int]], num_steps: int,
+               device: torch.device | str) -> dict[int, tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """For each SDE step i: (the rows that take it, those rows and their columns on device)."""
+    import torch
+
+    plan = {}
+    for i in range(num_steps):
+        sde_rows = [b for b, s in enumerate(steps) if i in s]
+        if sde_rows:
+            cols = [list(steps[b]).index(i) for b in sde_rows]
+            plan[i] = (sde_rows, _to(torch.tensor(sde_rows), device), _to(torch.tensor(cols), device))
+    return plan
+
+
 def replay(
     velocity: VelocityFn,
     spec: SamplerSpec,
     batch: Mapping[str, torch.Tensor],
     columns: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Log-probs [B, len(columns)] of the recorded transitions under ``velocity`` (autograd on
-    if the caller's grad mode is). ``columns`` picks scored steps (default: all K)."""
+    if the caller's grad mode is). ``columns`` picks scored steps (default: all K).
+
+    ``batch`` stays where it is (the host, as the store returns it): the index arithmetic runs
+    there, and only the latents and schedule values this call scores go to ``device`` (default:
+    the batch's), by asynchronous copies, so replay never waits for the device."""
     import torch
 
     latents, lsteps = batch["latents"], batch["latent_steps"]
     steps, experts = batch["sde_steps"], batch["experts"]
     sig, ts = batch["sigmas"], batch["timesteps"]
+    dev = latents.device if device is None else torch.device(device)
     B, K = steps.shape
     cols = list(range(K)) if columns is None else list(columns)
-    dev = latents.device
-    b = torch.arange(B, device=dev).repeat_interleave(len(cols))
-    j = torch.tensor(cols, device=dev, dtype=torch.int64).repeat(B)
+    b = torch.arange(B, device=steps.device).repeat_interleave(len(cols))
+    j = torch.tensor(cols, dtype=torch.int64).to(steps.device).repeat(B)
     s = steps[b, j]
     slot_in = torch.searchsorted(lsteps[b].contiguous(), s[:, None]).squeeze(1)
     slot_out = torch.searchsorted(lsteps[b].contiguous(), (s + 1)[:, None]).squeeze(1)
     _check_slots(lsteps, b, s, slot_in, slot_out)
-    x, y = latents[b, slot_in], latents[b, slot_out]
     e = experts[b, j]
     out = torch.zeros(b.numel(), dtype=torch.float32, device=dev)
     for ex in sorted(set(e.tolist())):
         sel = (e == ex).nonzero().squeeze(1)
-        bs, ss = b[sel], s[sel]
-        v = velocity(ex, x[sel], ts[bs, ss], bs)
-        mean, std = sde_step(spec.kernel, x[sel], v, sig[bs, ss], sig[bs, ss + 1], sig[bs, 1], spec.eta)
-        out = out.index_put((sel,), gaussian_log_prob(y[sel], mean, std))
+        bs, ss, si, so = b[sel], s[sel], slot_in[sel], slot_out[sel]
+        x, y = _to(latents[bs, si], dev), _to(latents[bs, so], dev)
+        s_i, s_n, s_1 = _to(sig[bs, ss], dev), _to(sig[bs, ss + 1], dev), _to(sig[bs, 1], dev)
+        v = velocity(ex, x, _to(ts[bs, ss], dev), _to(bs, dev))
+        mean, std = sde_step(spec.kernel, x, v, s_i, s_n, s_1, spec.eta)
+        out = out.index_put((_to(sel, dev),), gaussian_log_prob(y, mean, std))
     return out.view(B, len(cols))
 
 

@@ -100,8 +100,9 @@ def train_on_batch(
         raise ValueError(f"train_on_batch: {len(prompts)} prompts for {B} trajectories")
     total = int(dp.sum([float(B)])[0])  # the global batch: every rank weighs by it
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
-    # The batch lives on the host; each micro-batch goes to the model's device once per
-    # update, not once per scored step (a step replays only its own columns).
+    # The batch lives on the host: each replay call moves only the latents it scores, by
+    # asynchronous copies (``sampler.replay``); nothing here waits for the device but the
+    # per-chunk loss check.
     dev = params[0].device
     behavior = batch["log_probs"].float().to(dev)
     adv = batch["advantage"].float().flatten().to(dev)
@@ -114,7 +115,7 @@ def train_on_batch(
         optimizer.zero_grad(set_to_none=True)
         parts: list[tuple[float, LossStats]] = []
         for rows in _chunks(B, cfg.micro_batch):
-            mb_prompts, mb, r = [prompts[i] for i in rows], batch[rows].to(dev), torch.tensor(rows, device=dev)
+            mb_prompts, mb, r = [prompts[i] for i in rows], batch[rows], torch.tensor(rows).to(dev, non_blocking=True)
             for cols in col_chunks:
                 kw = {"columns": cols} if len(col_chunks) > 1 else {}
                 new = policy.logprobs(mb_prompts, mb, **kw)

@@ -326,17 +326,17 @@ class FlowPolicy:
     def logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
                  columns: Sequence[int] | None = None) -> torch.Tensor:
         """Replay log-probs [B, K] (or [B, len(columns)]) with autograd on the adapters."""
-        td = batch.select(*REPLAY_FIELDS).to(self.device)
+        td = batch.select(*REPLAY_FIELDS)  # moved to the device by replay, what it scores only
         with self._train_mode():
-            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns)
+            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns, self.device)
 
     def ref_logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
                      columns: Sequence[int] | None = None) -> torch.Tensor:
         import torch
 
-        td = batch.select(*REPLAY_FIELDS).to(self.device)
+        td = batch.select(*REPLAY_FIELDS)
         with torch.no_grad(), self._adapters_disabled():
-            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns)
+            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns, self.device)
 
     def fsdp_units(self) -> list[tuple[Any, list[Any]]]:
         """FSDP2 units: every transformer with its repeated blocks (one block's full weights
