@@ -118,4 +118,7 @@ def decode_options(plugin: Any, options: dict[str, Any], where: str) -> Any:
     except msgspec.ValidationError as e:
         from unirl_stream.explain import explain
 
-        raise UserInputError(f"{where}.{explain(e, options, config_type)}") from None
+        text = explain(e, options, config_type)
+        # A check of the whole table (the Struct's __post_init__) has no key: name the table.
+        text = text.removeprefix("<top level>")
+        raise UserInputError(f"{where}{text if text.startswith(':') else '.' + text}") from None

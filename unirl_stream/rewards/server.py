@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import signal
 import sys
 import threading
 import time
@@ -300,6 +301,11 @@ def serve(
     ``port = 0`` picks a free port; ``ready(port)`` is called once the socket listens.
     """
     server = RewardServer(reward, options, host, port, max_queue)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM stop the server whatever this process inherited (a shell's
+        # background job starts with SIGINT ignored, and Python then leaves it ignored).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
     if ready is not None:
         ready(server.port)
     try:
