@@ -1,29 +1,10 @@
-"""Fixtures for the model plugin tests (tiny random-weight models on CPU).
-
-Tiny models are built once per session into a private cache folder (never the user's).
-Torch runs single-threaded here: on the shared 2-core machine two spinning OpenMP threads
-per process made these tests ~4x slower, not faster.
-"""
+"""Fixtures for the model plugin tests (tiny random-weight models on CPU)."""
 
 from __future__ import annotations
-
-import os
-from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _core_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    import torch
-
-    old_env = os.environ.get("UNIRL_STREAM_CACHE")
-    old_threads = torch.get_num_threads()
-    os.environ["UNIRL_STREAM_CACHE"] = str(tmp_path_factory.mktemp("unirl_cache"))
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old_threads)
-    if old_env is None:
-        os.environ.pop("UNIRL_STREAM_CACHE", None)
-    else:
-        os.environ["UNIRL_STREAM_CACHE"] = old_env
+def _tiny_models(tiny_model_env: None) -> None:
+    """Every test here runs in tests/conftest.py's tiny-model environment."""

@@ -51,3 +51,14 @@ def parity_gaps(policy: Any, prompts: list[Prompt], seeds: list[int]) -> tuple[f
         cols = torch.cat([policy.logprobs(prompts, td, columns=[j]) for j in range(td["log_probs"].shape[1])], 1)
     ref = td["log_probs"]
     return tuple(float((x.detach() - ref).abs().max()) for x in (new, alone, cols))  # type: ignore[return-value]
+
+
+def assert_same_weights(loaded: Any, ref: Any, names: tuple[str, ...] = ("text_encoder", "vae", "transformer")) -> None:
+    """Every base weight of ``loaded``'s components (LoRA layers aside) equals ``ref``'s bit for bit."""
+    import torch
+
+    for name in names:
+        got = {k.replace(".base_layer", ""): v for k, v in getattr(loaded, name).state_dict().items()
+               if "lora_" not in k}
+        want = getattr(ref, name).state_dict()
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name

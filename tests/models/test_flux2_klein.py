@@ -12,7 +12,7 @@ import json
 import msgspec
 import pytest
 import torch
-from models_helpers import PROMPTS, make_recipe, parity_gaps, perturb_lora
+from models_helpers import PROMPTS, assert_same_weights, make_recipe, parity_gaps, perturb_lora
 
 from unirl_stream.api import UserInputError
 from unirl_stream.models.flux2_klein import LORA_TARGETS, Flux2KleinPolicy
@@ -34,11 +34,7 @@ def test_tiny_flux2_klein_loads_through_real_loader_with_its_own_mu_rule() -> No
     index = json.loads((resolve_model_path("tiny:flux2_klein") / "model_index.json").read_text())
     assert index["_class_name"] == "Flux2KleinPipeline" and index["is_distilled"] is True
     ref, policy = build_pipeline(), _policy()
-    for name in ("text_encoder", "vae", "transformer"):
-        got = {k.replace(".base_layer", ""): v for k, v in getattr(policy.pipeline, name).state_dict().items()
-               if "lora_" not in k}
-        want = getattr(ref, name).state_dict()
-        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
+    assert_same_weights(policy.pipeline, ref)
     with torch.no_grad():
         want, _ = ref.encode_prompt([PROMPTS[1].text], max_sequence_length=16)
     torch.testing.assert_close(policy.embed([PROMPTS[1]])[0], want[0], rtol=1e-5, atol=1e-6)

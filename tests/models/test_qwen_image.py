@@ -8,7 +8,7 @@ import json
 import msgspec
 import pytest
 import torch
-from models_helpers import PROMPTS, make_recipe, parity_gaps, perturb_lora
+from models_helpers import PROMPTS, assert_same_weights, make_recipe, parity_gaps, perturb_lora
 
 from unirl_stream.algorithms.config import AlgorithmConfig
 from unirl_stream.algorithms.losses import GRPO
@@ -33,11 +33,7 @@ def test_tiny_qwen_image_loads_through_real_loader_and_pins_the_pipelines_schedu
     assert index["text_encoder"][1] == "Qwen2_5_VLForConditionalGeneration"
     ref, policy = build_pipeline(), _policy()
     loaded = policy.pipeline
-    for name in ("text_encoder", "vae", "transformer"):
-        got = {k.replace(".base_layer", ""): v for k, v in getattr(loaded, name).state_dict().items()
-               if "lora_" not in k}
-        want = getattr(ref, name).state_dict()
-        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
+    assert_same_weights(loaded, ref)
     with torch.no_grad():
         emb, _ = ref.encode_prompt(PROMPTS[1].text, max_sequence_length=16)
     cond = policy.embed([PROMPTS[1]])

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 import torch
-from models_helpers import PROMPTS, make_recipe, parity_gaps, perturb_lora
+from models_helpers import PROMPTS, assert_same_weights, make_recipe, parity_gaps, perturb_lora
 
 from unirl_stream.algorithms.config import AlgorithmConfig
 from unirl_stream.algorithms.losses import GRPO
@@ -41,11 +41,7 @@ def test_saved_tiny_sd3_loads_identically_through_real_loader() -> None:
     loaded = policy.pipeline
     assert loaded.transformer.config.dual_attention_layers == [0] and loaded.vae.config.latent_channels == 16
     assert policy.latent_shape == (16, 8, 8) and policy.media_shape == (1, 64, 64, 3)
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae", "transformer"):
-        got = {k.replace(".base_layer", ""): v for k, v in getattr(loaded, name).state_dict().items()
-               if "lora_" not in k}
-        want = getattr(ref, name).state_dict()
-        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
+    assert_same_weights(loaded, ref, ("text_encoder", "text_encoder_2", "text_encoder_3", "vae", "transformer"))
     # block 0: 8 joint-attention targets + 4 of its dual (image-only) attention; block 1 is the
     # last, context_pre_only: no to_add_out (7)
     assert sum("lora_A" in n for n, _ in loaded.transformer.named_parameters()) == 19
