@@ -51,6 +51,7 @@ class Run:
             if self.use_ray:
                 self._init_ray()
             self.store = open_store(self.recipe.store, use_ray=self.use_ray)
+            self.plan = self._plan()  # decoded once: tasks and workers both read it
             self._register_tasks()
             self.control = ControlClient(self._coordinator())
             self.metrics = Monitoring.start(self.run_dir, self.recipe, self.run_id,
@@ -84,7 +85,7 @@ class Run:
         any stage starts, so no write can precede its consumer's queue."""
         from unirl_stream import registry
 
-        for name, *_ in self._plan():
+        for name, *_ in self.plan:
             for spec in declared_tasks(registry.load("stages", name), self.recipe):
                 self.store.register_task(spec.name, list(spec.requires), spec.by_group)
 
@@ -122,7 +123,7 @@ class Run:
         """(plugin name, context, placement, restartable) for every worker."""
         weights = CoordinatorWeights(self.control)
         out = []
-        for name, n, placement, options, restartable in self._plan():
+        for name, n, placement, options, restartable in self.plan:
             for w in range(n):
                 device = f"cuda:{placement.gpu_ids[w % len(placement.gpu_ids)]}" if placement.gpu_ids else None
                 ctx = StageContext(recipe=self.recipe, store=self.store, control=self.control,
