@@ -20,10 +20,10 @@ ROOT = Path(__file__).parents[2]
 class Quickstart:
     """One real quickstart run through the CLI: its directory and its console output."""
 
-    def __init__(self, run_dir: Path, cwd: Path, *sets: str) -> None:
+    def __init__(self, run_dir: Path, cwd: Path) -> None:
         out = subprocess.run(
             [sys.executable, "-m", "unirl_stream.cli", "run", str(ROOT / "recipes" / "quickstart.toml"),
-             "--run-dir", str(run_dir), "--no-live", *[a for s in sets for a in ("--set", s)]],
+             "--run-dir", str(run_dir), "--no-live"],
             capture_output=True, text=True, timeout=600, cwd=cwd)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         self.run_dir, self.stdout, self.stderr = run_dir, out.stdout, out.stderr
