@@ -13,6 +13,7 @@ import torch
 from reward_helpers import make_media, make_prompts
 
 from unirl_stream.api import DifferentiableScorer, Scorer, UserInputError
+from unirl_stream.cli import main
 from unirl_stream.recipe import Recipe, load
 from unirl_stream.registry import load as load_plugin
 from unirl_stream.rewards.clip_common import pil_bicubic
@@ -143,13 +144,18 @@ def test_straight_through_gradient_is_close_to_the_smooth_one(tiny) -> None:
     assert torch.nn.functional.cosine_similarity(*grads, dim=0) > 0.999  # measured 0.99998
 
 
-def _recipe(tmp_path: Path, rewards: list[dict], algorithm: str = "refl") -> Recipe:
-    """The image quickstart with other [[reward]] tables, its algorithm renamed by override."""
+def _recipe_file(tmp_path: Path, rewards: list[dict]) -> Path:
+    """The image quickstart (algorithm grpo) with other [[reward]] tables."""
     raw = tomllib.loads(QUICKSTART.read_text())
     raw["reward"] = rewards
     path = tmp_path / "recipe.toml"
     path.write_text(dump(raw))
-    return load(path, [f"algorithm.name={algorithm}"])
+    return path
+
+
+def _recipe(tmp_path: Path, rewards: list[dict], algorithm: str = "refl") -> Recipe:
+    """The same, its algorithm renamed by override."""
+    return load(_recipe_file(tmp_path, rewards), [f"algorithm.name={algorithm}"])
 
 
 @pytest.mark.timeout(60)
@@ -199,6 +205,15 @@ def test_refl_recipe_names_its_non_differentiable_reward(tiny, tmp_path: Path) -
     drop = _recipe(tmp_path, [{"name": "brightness", "on_nan": "drop"}])
     with pytest.raises(UserInputError, match=r"^recipe.toml: reward\[0\]\.on_nan: 'drop' is not supported"):
         check_differentiable(drop, "recipe.toml")
+
+
+@pytest.mark.timeout(30)
+def test_validate_exits_2_on_a_refl_recipe_with_a_non_differentiable_reward(tmp_path: Path, capsys) -> None:
+    path = _recipe_file(tmp_path, [{"name": "ocr"}])
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", str(path), "--set", "algorithm.name=refl"])
+    assert exit_.value.code == 2
+    assert f"{path}: reward[0].name: reward 'ocr' is not differentiable" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(30)
