@@ -219,6 +219,11 @@ def _check_pipeline(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: pipeline.train_requires: empty; the trainer needs at least 'advantage'"
         )
+    if p.trainer.sharding == "fsdp" and not getattr(registry.load("algorithms", recipe.algorithm.name),
+                                                    "supports_fsdp", True):
+        raise UserInputError(
+            f"{where}: pipeline.trainer.sharding: algorithm {recipe.algorithm.name!r} needs whole adapter "
+            "parameters on every rank; use \"replicate\"")
     if p.trainer.sharding == "fsdp" and not hasattr(registry.load("models", recipe.model.name), "fsdp_units"):
         raise UserInputError(
             f"{where}: pipeline.trainer.sharding: model {recipe.model.name!r} names no FSDP units "

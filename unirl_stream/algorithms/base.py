@@ -35,6 +35,7 @@ def rollout_spec(recipe: Recipe) -> RolloutSpec:
 
 class AlgorithmBase:
     Config: ClassVar[type | None] = None
+    supports_fsdp: ClassVar[bool] = True  # False: needs whole (unsharded) adapter parameters
 
     def __init__(self, cfg: AlgorithmConfig, recipe: Recipe | None = None) -> None:
         from unirl_stream import registry

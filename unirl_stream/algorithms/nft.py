@@ -87,6 +87,7 @@ def nft_terms(x0: torch.Tensor, x_t: torch.Tensor, t: float, v_new: torch.Tensor
 
 class NFT(AlgorithmBase):
     Config = NFTConfig
+    supports_fsdp = False  # the EMA swap replaces whole parameters
 
     def __init__(self, cfg: Any, recipe: Any = None) -> None:
         super().__init__(cfg, recipe)
