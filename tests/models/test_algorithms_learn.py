@@ -39,7 +39,7 @@ def _recipe(name: str, seed: int = 0) -> Recipe:
 @pytest.mark.parametrize("name", ["flowdppo", "nft", "refl"])
 def test_algorithm_learns_brightness_over_seeds(name: str) -> None:
     # Measured on 2 cores (gain / spread of the 16 evaluation samples, 16 rounds of 16):
-    # flow_dppo 5.1, 3.9, 2.9; nft 1.7, 3.8, 4.0; refl 5.8, 5.4, 5.8 (seeds 0, 1, 2).
+    # flow_dppo 7.7, 5.7, 3.8; nft 1.7, 3.8, 4.0; refl 5.8, 5.4, 5.8 (seeds 0, 1, 2).
     results = []
     for seed in (0, 1, 2):
         recipe = _recipe(name, seed)
