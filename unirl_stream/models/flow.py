@@ -36,9 +36,10 @@ from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import route, sigma_grid
 from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, select_steps, window_start
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
-from unirl_stream.api import FieldSpec, Prompt
+from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models.checks import check_common
 from unirl_stream.models.compile import compile_experts
+from unirl_stream.models.graphs import GraphedCalls
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
@@ -204,6 +205,7 @@ class FlowPolicy:
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
         self.compiled = compile_experts(self.experts, m, self.device.type)
+        self.graphs = GraphedCalls(self._forward) if role == "producer" and self._use_graphs() else None
         self.sigmas = self._sigmas()
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
         self.guidance = [s.guidance_scale, g2][: len(self.experts)]
@@ -213,6 +215,12 @@ class FlowPolicy:
         self.slots = latent_slots(s.sde, s.num_inference_steps)
         self._text_cache: OrderedDict[tuple[str, str], Cond] = OrderedDict()
         self._neg: Cond | None = None
+
+    def _use_graphs(self) -> bool:
+        mode = self.recipe.model.cuda_graphs
+        if mode == "on" and self.device.type != "cuda":
+            raise UserInputError(f"model.cuda_graphs = 'on' needs a CUDA device, this policy runs on {self.device}")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda" and self.compiled == "off")
 
     def field_specs(self) -> list[FieldSpec]:
         return field_specs(self.recipe.sampling.num_inference_steps, self.k, self.slots,
@@ -255,13 +263,21 @@ class FlowPolicy:
         def velocity(expert: int, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             g, xin, c = self.guidance[expert] if guided else 1.0, x.to(self.dtype), _rows(cond, rows)
             if g <= 1.0:  # diffusers' rule: guidance <= 1 runs the conditional branch only
-                return self._forward(expert, xin, t, c).float()
+                return self._call(expert, xin, t, c).float()
             neg = _expand(self._negative(), len(rows))
-            out = self._forward(expert, torch.cat([xin, xin]), torch.cat([t, t]), _cat(c, neg)).float()
+            out = self._call(expert, torch.cat([xin, xin]), torch.cat([t, t]), _cat(c, neg)).float()
             cond_v, uncond_v = out.chunk(2)
             return self._guide(cond_v, uncond_v, g)
 
         return velocity
+
+    def _call(self, expert: int, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """One transformer call: replayed from a CUDA graph on a producer without autograd."""
+        import torch
+
+        if self.graphs is not None and not torch.is_grad_enabled():
+            return self.graphs(expert, x, t, cond)
+        return self._forward(expert, x, t, cond)
 
     def _guide(self, cond_v: torch.Tensor, uncond_v: torch.Tensor, g: float) -> torch.Tensor:
         """Classifier-free guidance (models with their own rule override this)."""
