@@ -309,6 +309,23 @@ class Scorer(Protocol):
         ...
 
 
+@runtime_checkable
+class DifferentiableScorer(Scorer, Protocol):
+    """A scorer whose score can be back-propagated to the pixels (reward-feedback
+    learning: ReFL, DRaFT-K decode the last sampling steps with gradient and ascend it).
+
+    ``frames`` is what ``score`` gets, as floats carrying autograd: float [B, F, H, W, 3]
+    on the uint8 scale [0, 255] (the caller clamps to it). Where ``score`` rounds to uint8
+    (between PIL's resize passes), ``score_tensor`` rounds the same way forward and passes
+    the gradient straight through, so ``score_tensor(media.float())`` equals
+    ``score(media)`` (up to float reduction order) and gradients flow.
+    """
+
+    def score_tensor(self, frames: torch.Tensor, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """The [B] scores as a tensor with gradient (on the scorer's device)."""
+        ...
+
+
 # --------------------------------------------------------------------------------------
 # Stages (group ``unirl_stream.stages``)
 # --------------------------------------------------------------------------------------

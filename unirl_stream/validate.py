@@ -19,6 +19,7 @@ from unirl_stream import registry
 from unirl_stream.api import MissingWeightsError, UserInputError
 from unirl_stream.data import load_prompts
 from unirl_stream.recipe import Recipe, load
+from unirl_stream.rewards.differentiable import check_differentiable
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu)(:\d+)?)$")
 
@@ -39,6 +40,7 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
     """
     _check_finite(msgspec.to_builtins(recipe), where, "")
     _check_plugins(recipe, where)
+    check_differentiable(recipe, where)  # algorithm.name = "refl": every reward differentiable
     _check_model(recipe, where)
     _check_numerics(recipe, where)
     _check_rollout(recipe, where)

@@ -7,6 +7,7 @@
 - ``clip_common``: CLIP loading from local files and PIL-exact tensor preprocessing;
   ``openclip``: open_clip -> transformers CLIP state-dict mapping.
 - ``combine.RewardSet``: weighted terms, batching, NaN/inf/None reporting.
+- ``differentiable``: the same weighted terms with gradient (``score_tensor``), for ReFL.
 - ``server`` / ``wire``: the HTTP reward service and its msgpack messages.
 - ``testing``: tiny random-weight models of the real architectures, saved to disk.
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from unirl_stream.api import Prompt, UserInputError
-from unirl_stream.rewards.base import FrameOptions, FrameScorer, resolve_device
+from unirl_stream.rewards.base import DifferentiableFrameScorer, FrameOptions, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from unirl_stream.rewards.clip_common import Rounding
 
 HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
 HEAD_SIZES = (1024, 128, 64, 16, 1)
@@ -82,7 +84,7 @@ def load_head(path: str, embed_dim: int) -> Any:
     return head.eval().requires_grad_(False)
 
 
-class Aesthetic(FrameScorer):
+class Aesthetic(DifferentiableFrameScorer):
     name: ClassVar[str] = "aesthetic"
     Config: ClassVar[type[AestheticConfig]] = AestheticConfig
 
@@ -101,15 +103,15 @@ class Aesthetic(FrameScorer):
         dim = int(self.model.config.projection_dim)
         self.head = load_head(config.head, dim).to(self.device)
 
-    def score_frames(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def score_frames(
+        self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
         import torch
 
-        from unirl_stream.rewards.clip_common import image_embeds
+        from unirl_stream.rewards.clip_common import frame_embeds
 
         b, f = frames.shape[:2]
-        dtype = next(self.model.parameters()).dtype
-        pixels = self.geometry(frames.reshape(b * f, *frames.shape[2:]), self.device, dtype)
-        emb = image_embeds(self.model, pixels)  # normalized, float32
+        emb = frame_embeds(self.model, self.geometry, frames, self.device, rounding).view(b * f, -1)
         # One row at a time: BLAS picks different kernels for different row counts, which
         # made a sample's score depend (at 1e-7) on how many others shared its batch.
         # The head is ~1M multiply-adds a row, nothing next to the ViT-L forward.

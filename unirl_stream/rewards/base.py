@@ -4,6 +4,8 @@ A scorer sees ``media`` as uint8 ``[B, F, H, W, 3]`` (images are ``F = 1``). Per
 scorers (CLIP-family, OCR, JPEG, brightness) score the frames picked by ``sample_frames``
 and reduce them with ``aggregate``; both are options of every such scorer, so a video
 recipe chooses e.g. ``aggregate = "min"`` (worst frame) or ``sample_frames = 4``.
+``DifferentiableFrameScorer`` adds ``score_tensor`` (api.DifferentiableScorer): the same
+frames, per-frame scores and aggregation, on float frames with autograd.
 
 This module imports msgspec only: every scorer's ``Config`` inherits from ``FrameOptions``
 and recipe validation must stay cheap. torch is imported inside functions.
@@ -22,6 +24,8 @@ from unirl_stream.api import Prompt, RewardError, ScoreBatch, UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from unirl_stream.rewards.clip_common import Rounding
 
 Aggregate = Literal["mean", "min", "max"]
 
@@ -50,15 +54,18 @@ def frame_indices(num_frames: int, sample: int) -> list[int]:
     return sorted({round(i * step) for i in range(sample)})
 
 
-def check_media(media: Any, n_prompts: int, scorer: str) -> None:
-    """Raise UserInputError unless ``media`` is uint8 [B, F, H, W, 3] with B = len(prompts)."""
+def check_media(media: Any, n_prompts: int, scorer: str, floating: bool = False) -> None:
+    """Raise UserInputError unless ``media`` is uint8 [B, F, H, W, 3] (``floating``: a float
+    dtype, what ``score_tensor`` takes) with B = len(prompts)."""
     import torch
 
     if not isinstance(media, torch.Tensor):
         raise UserInputError(f"reward {scorer}: media must be a torch.Tensor, got {type(media).__name__}")
-    if media.dtype != torch.uint8 or media.dim() != 5 or media.shape[-1] != 3:
+    dtype_ok = media.is_floating_point() if floating else media.dtype == torch.uint8
+    if not dtype_ok or media.dim() != 5 or media.shape[-1] != 3:
+        want = "float [B, F, H, W, 3] on the uint8 scale [0, 255]" if floating else "uint8 [B, F, H, W, 3]"
         raise UserInputError(
-            f"reward {scorer}: media must be uint8 [B, F, H, W, 3] (images: F = 1), "
+            f"reward {scorer}: media must be {want} (images: F = 1), "
             f"got {str(media.dtype).removeprefix('torch.')} {list(media.shape)}"
         )
     if media.shape[0] != n_prompts:
@@ -124,9 +131,7 @@ class FrameScorer:
     def score(self, media: torch.Tensor, prompts: Sequence[Prompt]) -> ScoreBatch:
         import torch
 
-        check_media(media, len(prompts), self.name)
-        idx = frame_indices(media.shape[1], self.config.sample_frames)
-        frames = media[:, idx] if len(idx) != media.shape[1] else media
+        frames, idx = self.pick_frames(media, prompts)
         with torch.inference_mode():
             per_frame = self.score_frames(frames, list(prompts)).double().cpu()
         if tuple(per_frame.shape) != (media.shape[0], len(idx)):
@@ -143,6 +148,34 @@ class FrameScorer:
             }
         return ScoreBatch(scores=to_floats(aggregate(per_frame, self.config.aggregate)), terms=terms)
 
+    def pick_frames(
+        self, media: torch.Tensor, prompts: Sequence[Prompt], floating: bool = False
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Check ``media``, return the frames ``sample_frames`` picks and their indices."""
+        check_media(media, len(prompts), self.name, floating)
+        idx = frame_indices(media.shape[1], self.config.sample_frames)
+        return (media[:, idx] if len(idx) != media.shape[1] else media), idx
+
     def score_frames(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
         """uint8 [B, F, H, W, 3] -> float [B, F]."""
+        raise NotImplementedError
+
+
+class DifferentiableFrameScorer(FrameScorer):
+    """A per-frame scorer whose ``score_frames`` is differentiable in float frames (its
+    ``rounding`` is the preprocessing's, ``clip_common.Rounding``): adds ``score_tensor``."""
+
+    def score_tensor(
+        self, frames: torch.Tensor, prompts: Sequence[Prompt], *, rounding: Rounding = "straight_through"
+    ) -> torch.Tensor:
+        """float [B, F, H, W, 3] on the uint8 scale, with autograd -> [B] scores with
+        gradient. ``rounding = "float"`` skips the uint8 rounding between the resize passes
+        (a smooth function: what a finite-difference check can test)."""
+        picked, _ = self.pick_frames(frames, prompts, floating=True)
+        return aggregate(self.score_frames(picked, list(prompts), rounding=rounding), self.config.aggregate)
+
+    def score_frames(
+        self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
+        """[B, F, H, W, 3] (uint8, or float on the uint8 scale) -> float [B, F]."""
         raise NotImplementedError

@@ -10,6 +10,9 @@
   (width, then height, each rounded to uint8 like Pillow), so it runs batched on any
   device and equals PIL pixel for pixel. (torch's own antialiased bicubic differs from
   PIL by up to 25 levels on noisy images: it does not round between the passes.)
+- The same preprocessing with gradient, for differentiable rewards (``rounding``): the
+  uint8 rounding between the passes is straight-through (forward: the same rounding,
+  backward: identity), or skipped (``"float"``: a smooth path, for gradient checks).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from unirl_stream.api import UserInputError
 
@@ -26,6 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+Rounding = Literal["uint8", "straight_through", "float"]
+"""How the resize rounds between its passes: ``uint8`` as PIL (no gradient through it),
+``straight_through`` (PIL's values forward, identity backward) or ``float`` (no rounding)."""
 
 
 # ------------------------------------------------------------------------------- loading
@@ -126,17 +133,24 @@ class ImageGeometry:
             size["shortest_edge"], (crop["height"], crop["width"]), ip.image_mean, ip.image_std
         )
 
-    def __call__(self, frames: torch.Tensor, device: str, dtype: Any) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> normalized [N, 3, crop_h, crop_w] on ``device``."""
+    def __call__(
+        self, frames: torch.Tensor, device: str, dtype: Any, rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
+        """[N, H, W, 3] on the uint8 scale -> normalized [N, 3, crop_h, crop_w] on ``device``.
+
+        uint8 frames compute in float32; float frames (differentiable rewards) keep their
+        dtype, so a float64 gradient check stays float64 until the model's ``dtype``.
+        """
         import torch
 
-        x = frames.to(device).permute(0, 3, 1, 2).float()
-        x = self._pad(x) if self.mode == "pad" else self._crop(x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = frames.to(device).permute(0, 3, 1, 2)
+        x = x if x.is_floating_point() else x.float()
+        x = self._pad(x, rounding) if self.mode == "pad" else self._crop(x, rounding)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return ((x / 255.0 - mean) / std).to(dtype)
 
-    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor, rounding: Rounding) -> torch.Tensor:
         h, w = x.shape[-2:]
         s = self.short
         # Same integer arithmetic as transformers' get_resize_output_image_size.
@@ -148,9 +162,9 @@ class ImageGeometry:
             top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
         else:
             top, left = (nh - ch) // 2, (nw - cw) // 2
-        return pil_bicubic(x, nh, nw, window=(top, left, ch, cw))
+        return pil_bicubic(x, nh, nw, window=(top, left, ch, cw), rounding=rounding)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _pad(self, x: torch.Tensor, rounding: Rounding) -> torch.Tensor:
         import torch.nn.functional as F
 
         h, w = x.shape[-2:]
@@ -159,7 +173,7 @@ class ImageGeometry:
         # open_clip skips resize *and* padding when scale == 1; a non-square input then
         # stays non-square and the ViT fails. We always pad to a square instead.
         nh, nw = (round(h * scale), round(w * scale)) if scale != 1.0 else (h, w)
-        x = pil_bicubic(x, nh, nw)
+        x = pil_bicubic(x, nh, nw, rounding=rounding)
         ph, pw = side - nh, side - nw
         return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
 
@@ -197,7 +211,7 @@ def _pil_weights(in_size: int, out_size: int) -> torch.Tensor:
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
     ss = 1.0 / filterscale  # multiply by the reciprocal, as Pillow does (same rounding)
-    m = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = [[0.0] * in_size for _ in range(out_size)]
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
@@ -206,25 +220,41 @@ def _pil_weights(in_size: int, out_size: int) -> torch.Tensor:
         total = sum(w)
         for x, wx in zip(range(lo, hi), w, strict=True):
             k = (wx / total if total != 0.0 else wx) * (1 << _PRECISION)
-            m[xx, x] = float(int(k - 0.5) if k < 0 else int(k + 0.5))
-    return m
+            rows[xx][x] = float(int(k - 0.5) if k < 0 else int(k + 0.5))
+    # Cached across calls: a matrix first built under ``score``'s inference mode would be an
+    # inference tensor, which a later ``score_tensor`` could not save for backward.
+    with torch.inference_mode(False):
+        return torch.tensor(rows, dtype=torch.float64)
 
 
-def _resample_last(x: torch.Tensor, out_size: int, start: int = 0, count: int | None = None) -> torch.Tensor:
+def _resample_last(
+    x: torch.Tensor, out_size: int, start: int, count: int, rounding: Rounding
+) -> torch.Tensor:
     """One PIL pass along the last axis, output pixels ``start : start + count`` only:
     integer weights, + half, shift, clip to uint8. float64 holds every partial sum
-    exactly (< 2**53), so this is PIL's integer result."""
-    count = out_size - start if count is None else count
+    exactly (< 2**53), so this is PIL's integer result (for integer inputs)."""
     weights = _pil_weights(x.shape[-1], out_size)[start : start + count].to(x.device)
-    s = x @ weights.T + float(1 << (_PRECISION - 1))
-    return (s / float(1 << _PRECISION)).floor().clamp(0, 255)  # a power-of-2 divide: exact
+    if rounding == "float":  # the same weights, no rounding or clipping: smooth in x
+        return x @ (weights.T / float(1 << _PRECISION))
+    s = (x @ weights.T + float(1 << (_PRECISION - 1))) / float(1 << _PRECISION)  # power-of-2 divide: exact
+    rounded = (s.detach() if rounding == "straight_through" else s).floor().clamp(0, 255)
+    if rounding == "uint8":
+        return rounded
+    # Straight-through: s - s.detach() is exactly 0 forward (the values stay PIL's) and
+    # the identity backward (floor and clip alone would pass no gradient).
+    return rounded + (s - s.detach())
 
 
 def pil_bicubic(
-    x: torch.Tensor, h: int, w: int, window: tuple[int, int, int, int] | None = None
+    x: torch.Tensor,
+    h: int,
+    w: int,
+    window: tuple[int, int, int, int] | None = None,
+    rounding: Rounding = "uint8",
 ) -> torch.Tensor:
     """PIL ``Image.resize((w, h), BICUBIC)`` of [N, C, H, W] values in [0, 255], optionally
-    only the output ``window = (top, left, height, width)`` (a crop of the result).
+    only the output ``window = (top, left, height, width)`` (a crop of the result);
+    ``rounding`` says what happens at the uint8 rounding after each pass (``Rounding``).
 
     PIL resizes width first, rounds to uint8, then height; we do the same, so the result
     equals PIL's pixel for pixel (tests compare with CLIPImageProcessor, which uses PIL).
@@ -236,11 +266,11 @@ def pil_bicubic(
     dtype = x.dtype
     x = x.double()
     if x.shape[-1] != w:
-        x = _resample_last(x, w, left, cw)
+        x = _resample_last(x, w, left, cw, rounding)
     elif cw != w:
         x = x[..., left : left + cw]
     if x.shape[-2] != h:
-        x = _resample_last(x.transpose(-1, -2), h, top, ch).transpose(-1, -2)
+        x = _resample_last(x.transpose(-1, -2), h, top, ch, rounding).transpose(-1, -2)
     elif ch != h:
         x = x[..., top : top + ch, :]
     return x.to(dtype)
@@ -253,9 +283,16 @@ def _pooled(out: Any) -> torch.Tensor:
     return out if not hasattr(out, "pooler_output") else out.pooler_output
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 up to float32; float64 (a gradient check's model) stays float64."""
+    import torch
+
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def image_embeds(model: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """L2-normalized projected image embeddings, float32 [N, D]."""
-    e = _pooled(model.get_image_features(pixel_values=pixels)).float()
+    """L2-normalized projected image embeddings, float32 (or float64) [N, D]."""
+    e = at_least_float32(_pooled(model.get_image_features(pixel_values=pixels)))
     return e / e.norm(dim=-1, keepdim=True)
 
 
@@ -274,10 +311,20 @@ def text_embeds(model: Any, tokenizer: Any, texts: Sequence[str], device: str) -
     out = model.get_text_features(
         input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
     )
-    e = _pooled(out).float()
+    e = at_least_float32(_pooled(out))
     e = e / e.norm(dim=-1, keepdim=True)
     index = torch.tensor([uniq.index(t) for t in texts], device=e.device)
     return e[index]
+
+
+def frame_embeds(
+    model: Any, geometry: ImageGeometry, frames: torch.Tensor, device: str, rounding: Rounding = "uint8"
+) -> torch.Tensor:
+    """Normalized image embeddings of every frame: [B, F, H, W, 3] -> [B, F, D]."""
+    b, f = frames.shape[:2]
+    dtype = next(model.parameters()).dtype
+    pixels = geometry(frames.reshape(b * f, *frames.shape[2:]), device, dtype, rounding)
+    return image_embeds(model, pixels).view(b, f, -1)
 
 
 def frame_text_cosine(
@@ -287,11 +334,9 @@ def frame_text_cosine(
     frames: torch.Tensor,
     texts: Sequence[str],
     device: str,
+    rounding: Rounding = "uint8",
 ) -> torch.Tensor:
     """Cosine similarity of every frame with its sample's text: [B, F, H, W, 3] -> [B, F]."""
-    b, f = frames.shape[:2]
-    dtype = next(model.parameters()).dtype
-    pixels = geometry(frames.reshape(b * f, *frames.shape[2:]), device, dtype)
-    img = image_embeds(model, pixels).view(b, f, -1)
+    img = frame_embeds(model, geometry, frames, device, rounding)
     txt = text_embeds(model, tokenizer, texts, device)
     return (img * txt[:, None, :]).sum(dim=-1)

@@ -18,6 +18,8 @@ from unirl_stream.rewards.pickscore import ClipPairScorer
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
+    from unirl_stream.rewards.clip_common import Rounding
+
 
 class CLIPScoreConfig(FrameOptions, kw_only=True, forbid_unknown_fields=True):
     model: str = "openai/clip-vit-base-patch32"
@@ -40,6 +42,9 @@ class CLIPScore(ClipPairScorer):
     def texts(self, prompts: list[Prompt]) -> list[str]:
         return [self.config.prefix + p.text for p in prompts]  # type: ignore[attr-defined]
 
-    def score_frames(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def score_frames(
+        self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
         w = self.config.weight  # type: ignore[attr-defined]
-        return w * self.cosine(frames, prompts).clamp(min=0.0)
+        # The clamp passes no gradient where the cosine is negative (the paper's formula).
+        return w * self.cosine(frames, prompts, rounding).clamp(min=0.0)

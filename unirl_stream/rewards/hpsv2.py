@@ -20,11 +20,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from unirl_stream.api import Prompt, UserInputError
-from unirl_stream.rewards.base import FrameOptions, FrameScorer, resolve_device
+from unirl_stream.rewards.base import DifferentiableFrameScorer, FrameOptions, resolve_device
 from unirl_stream.rewards.pickscore import CLIP_H
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from unirl_stream.rewards.clip_common import Rounding
 
 
 class HPSv2Config(FrameOptions, kw_only=True, forbid_unknown_fields=True):
@@ -69,7 +71,7 @@ def load_hps_model(checkpoint: str, clip: str, device: str, dtype: str) -> tuple
     return model.eval().requires_grad_(False).to(device), tokenizer
 
 
-class HPSv2(FrameScorer):
+class HPSv2(DifferentiableFrameScorer):
     name: ClassVar[str] = "hpsv2"
     Config: ClassVar[type[HPSv2Config]] = HPSv2Config
 
@@ -88,8 +90,12 @@ class HPSv2(FrameScorer):
         # HPS passes image_mean=None to open_clip: the OpenAI CLIP statistics.
         self.geometry = ImageGeometry(side, (side, side), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, mode="pad")
 
-    def score_frames(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def score_frames(
+        self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
         from unirl_stream.rewards.clip_common import frame_text_cosine
 
         texts = [p.text for p in prompts]
-        return frame_text_cosine(self.model, self.tokenizer, self.geometry, frames, texts, self.device)
+        return frame_text_cosine(
+            self.model, self.tokenizer, self.geometry, frames, texts, self.device, rounding
+        )

@@ -8,7 +8,8 @@ compares one prompt against several images with a softmax; RL uses the raw score
 (image, prompt) pair, as DanceGRPO / FlowGRPO do.
 
 VideoPickScore scores frames with PickScore and aggregates them (default: 8 evenly spaced
-frames, mean), also reporting the per-frame min/max/std as logged terms.
+frames, mean), also reporting the per-frame min/max/std as logged terms. Both are
+differentiable (``score_tensor``, for reward-feedback learning).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from msgspec import Meta
 
 from unirl_stream.api import Prompt
-from unirl_stream.rewards.base import FrameOptions, FrameScorer, resolve_device
+from unirl_stream.rewards.base import DifferentiableFrameScorer, FrameOptions, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from unirl_stream.rewards.clip_common import Rounding
 
 CLIP_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -40,7 +43,7 @@ class VideoPickScoreConfig(PickScoreConfig, kw_only=True, forbid_unknown_fields=
     batch_size: Annotated[int, Meta(ge=1)] = 4
 
 
-class ClipPairScorer(FrameScorer):
+class ClipPairScorer(DifferentiableFrameScorer):
     """A CLIP model scoring (frame, prompt text) pairs; subclasses pick the formula."""
 
     model_field: ClassVar[str] = "model"
@@ -66,11 +69,11 @@ class ClipPairScorer(FrameScorer):
     def texts(self, prompts: list[Prompt]) -> list[str]:
         return [p.text for p in prompts]
 
-    def cosine(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    def cosine(self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding) -> torch.Tensor:
         from unirl_stream.rewards.clip_common import frame_text_cosine
 
         return frame_text_cosine(
-            self.model, self.tokenizer, self.geometry, frames, self.texts(prompts), self.device
+            self.model, self.tokenizer, self.geometry, frames, self.texts(prompts), self.device, rounding
         )
 
 
@@ -78,8 +81,10 @@ class PickScore(ClipPairScorer):
     name: ClassVar[str] = "pickscore"
     Config: ClassVar[type[PickScoreConfig]] = PickScoreConfig
 
-    def score_frames(self, frames: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
-        return self.model.logit_scale.exp().float() * self.cosine(frames, prompts)
+    def score_frames(
+        self, frames: torch.Tensor, prompts: list[Prompt], rounding: Rounding = "uint8"
+    ) -> torch.Tensor:
+        return self.model.logit_scale.exp().float() * self.cosine(frames, prompts, rounding)
 
 
 class VideoPickScore(PickScore):
