@@ -61,7 +61,7 @@ class HunyuanVideo15Policy(PipelinePolicy):
         "text encoders": "Qwen2.5-VL (chat template, 3rd-last hidden states, masked) + byT5 (quoted glyph text)",
         "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "` (and the token refiner's self-attention)",
         "schedule": "static shift (480p T2V: 5)",
-        "learning test": "brightness, 3 seeds, gain 0-0 sample std (0 rounds)",
+        "learning test": "brightness on 5-frame videos, 3 seeds, gain 1.5-7.6 sample std (16 rounds; 6 seeds measured)",
         "recipe": "`hunyuan_video15_dancegrpo.toml`",
     }
 
