@@ -212,7 +212,11 @@ def main() -> None:
             # log-probs (what a diffusers user pays for the adapter alone)
             t_plain_lora = timed(lambda kw=kw: producer.pipeline(**kw), a.repeats, a.cuda)
             t_prod, _ = policy_phases(producer, batch, a)
+            graphs, producer.graphs = producer.graphs, None  # the same loop, each kernel launched from Python
+            t_prod_launched, _ = policy_phases(producer, batch, a)
+            producer.graphs = graphs
             t_train, _ = policy_phases(trainer, batch, a)
+            rows.add(cfg, "producer_bf16_lora_without_cuda_graphs_vs_plain", t_prod_launched / t_plain, "x")
             rows.add(cfg, "plain_pipeline_s", t_plain, "s")
             rows.add(cfg, "plain_pipeline_bf16_lora_s", t_plain_lora, "s")
             rows.add(cfg, "producer_bf16_lora_vs_plain_with_same_lora", t_prod / t_plain_lora, "x")
@@ -220,7 +224,8 @@ def main() -> None:
             rows.add(cfg, "producer_bf16_lora_vs_plain", t_prod / t_plain, "x")
             rows.add(cfg, "sampler_fp32_lora_s", t_train, "s")
             rows.add(cfg, "sampler_fp32_lora_vs_plain", t_train / t_plain, "x")
-            print(f"batch {batch}: plain {t_plain:.3f}s (with the adapter {t_plain_lora:.3f}s), ours bf16 LoRA {t_prod:.3f}s ({t_prod / t_plain:.3f}x), "
+            print(f"batch {batch}: plain {t_plain:.3f}s (with the adapter {t_plain_lora:.3f}s), ours bf16 LoRA {t_prod:.3f}s ({t_prod / t_plain:.3f}x; "
+                  f"without CUDA graphs {t_prod_launched / t_plain:.3f}x), "
                   f"fp32 LoRA {t_train:.3f}s ({t_train / t_plain:.3f}x)", flush=True)
             if a.profile and a.cuda:
                 try:
@@ -231,7 +236,35 @@ def main() -> None:
                 else:
                     rows.add(cfg, "plain_bf16_lora_device_busy_fraction", busy_plain / t_plain_lora, "ratio")
                     rows.add(cfg, "producer_bf16_lora_device_busy_fraction", busy_ours / t_prod, "ratio")
+        if producer.graphs is not None:
+            graph_check(producer, trainer, rows, base)
         replay_rows(trainer, rows, base, a)
+
+
+def graph_check(producer: Any, trainer: Any, rows: Rows, base: dict[str, Any]) -> None:
+    """A replayed graph computes what the eager call computes, also after a weight load (the
+    adapters change in place): max |graph - eager| of one CFG-pair transformer call."""
+    import torch
+
+    from unirl_stream.api import Prompt
+    from unirl_stream.models.flow import _cat, _expand
+
+    prompts = [Prompt(id="gpu:0", text="a red fox running through snow")]
+    cond = _cat(producer.embed(prompts), _expand(producer._negative(), 1))
+    g = torch.Generator(device=producer.device).manual_seed(1)
+    x = torch.randn(2, *producer.latent_shape, generator=g, device=producer.device).to(producer.dtype)
+    t = torch.full((2,), 700.0, device=producer.device)
+    gaps = []
+    with torch.no_grad():
+        for p in trainer.trainable_parameters():  # a live adapter: B != 0
+            p.normal_(0.0, 0.01)
+        for _ in range(2):
+            producer.load_weights(trainer.export_weights())
+            gaps.append(float((producer._call(0, x, t, cond) - producer._forward(0, x, t, cond)).abs().max()))
+            for p in trainer.trainable_parameters():
+                p.mul_(-1.5)
+    rows.add({**base, "batch": 1}, "cuda_graph_vs_eager_max_abs", max(gaps), "abs")
+    print(f"CUDA graph vs eager transformer call after weight loads: max |diff| {gaps}", flush=True)
 
 
 def bare_pair(policy: Any, prompts: Any) -> Any:

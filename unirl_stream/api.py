@@ -1,15 +1,16 @@
 """Contracts between unirl-stream's components.
 
 This module is the one place where the shapes of the system are written down: the sample
-store, stages, policies (model plugins), scorers (reward plugins), objectives (algorithm
-plugins) and the small typed values that pass between them. It imports nothing heavy
+store, stages, policies (model plugins), scorers (reward plugins) and the small typed
+values that pass between them. It imports nothing heavy
 (no torch, no ray) so that the recipe validator, the CLI and the docs generator can load it
 in milliseconds; tensor types appear only under ``TYPE_CHECKING``.
 
 Implementations live beside it: ``storage/``, ``stages/``, ``models/``, ``rewards/``,
-``algorithms/``. Two more contract modules sit next to it: ``control.py`` (what a stage
-may ask of its run) and ``events.py`` (the metrics bus). Anything that crosses a process boundary is either a msgspec Struct
-(msgpack on our own sockets, never pickle) or a TensorDict in the store.
+``algorithms/``. Three more contract modules sit next to it: ``control.py`` (what a stage
+may ask of its run), ``events.py`` (the metrics bus) and ``training.py`` (algorithm
+plugins). Anything that crosses a process boundary is either a msgspec Struct (msgpack on
+our own sockets, never pickle) or a TensorDict in the store.
 """
 
 from __future__ import annotations
@@ -306,48 +307,6 @@ class Scorer(Protocol):
         """``media``: uint8 [B, F, H, W, 3] (images are F = 1). Returns one float per
         sample. May return NaN/inf; the reward stage checks and fails loudly."""
         ...
-
-
-# --------------------------------------------------------------------------------------
-# Objectives (group ``unirl_stream.algorithms``)
-# --------------------------------------------------------------------------------------
-class LossStats(msgspec.Struct):
-    loss: float
-    clip_frac: float
-    approx_kl: float
-    ratio_mean: float
-    ratio_max: float
-    ratio_min: float
-    kl_ref: float = 0.0
-    grad_norm: float = 0.0
-
-
-ObjectiveInput = Literal["proximal", "ref"]
-
-
-class Objective(Protocol):
-    """Per-step policy loss on replayed log-probs.
-
-    ``new``, ``behavior`` and ``proximal`` log-probs are [B, K]; ``advantages`` [B];
-    ``ref`` (optional) [B, K]. ``proximal`` is the trainer's log-prob before this batch's
-    first update (fixed for all updates of the batch); ``behavior`` is what the producer
-    recorded. Returns the scalar loss (autograd) and detached stats.
-
-    ``needs`` declares which of the extra no-grad replays the objective reads: the trainer
-    computes only those (each is a full pass over the batch's SDE steps) and passes None for
-    the others.
-    """
-
-    needs: frozenset[ObjectiveInput]
-
-    def __call__(
-        self,
-        new: torch.Tensor,
-        behavior: torch.Tensor,
-        proximal: torch.Tensor | None,
-        advantages: torch.Tensor,
-        ref: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, LossStats]: ...
 
 
 # --------------------------------------------------------------------------------------

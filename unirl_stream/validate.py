@@ -41,6 +41,7 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
     _check_plugins(recipe, where)
     _check_model(recipe, where)
     _check_numerics(recipe, where)
+    _check_rollout(recipe, where)
     _check_sampling(recipe, where)
     _check_pipeline(recipe, where)
     try:
@@ -86,7 +87,8 @@ def _check_finite(value: Any, where: str, path: str) -> None:
 def _check_plugins(recipe: Recipe, where: str) -> None:
     model = registry.load("models", _named(recipe.model.name, "models", where, "model.name"))
     registry.decode_options(model, dict(recipe.model.options), f"{where}: model.options")
-    _named(recipe.algorithm.name, "algorithms", where, "algorithm.name")
+    algorithm = registry.load("algorithms", _named(recipe.algorithm.name, "algorithms", where, "algorithm.name"))
+    registry.decode_options(algorithm, dict(recipe.algorithm.options), f"{where}: algorithm.options")
     store = registry.load("stores", _named(recipe.store.backend, "stores", where, "store.backend"))
     registry.decode_options(store, recipe.store.options, f"{where}: store.options")
     if not recipe.reward:
@@ -129,8 +131,12 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
     m = recipe.model
     if m.dtype == "float32" or m.lora.producer_dtype != "model" or not m.lora.enabled:
         return
-    objective = registry.load("algorithms", recipe.algorithm.name)(recipe.algorithm)
-    if "proximal" not in objective.needs:
+    from unirl_stream.algorithms.base import build
+
+    algorithm = build(recipe)
+    if algorithm.rollout(recipe.sampling).kind != "sde":
+        return  # no log-prob ratio: rounding in the producers shifts nothing it reads
+    if "proximal" not in algorithm.needs:
         raise UserInputError(
             f"{where}: algorithm.name: {recipe.algorithm.name!r} takes its ratio against the producers' "
             f"log-probs, which {m.dtype} producer adapters (model.lora.producer_dtype = 'model') shift by "
@@ -139,9 +145,28 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
         )
 
 
+def _check_rollout(recipe: Recipe, where: str) -> None:
+    """The sampling settings must produce the samples the algorithm trains on."""
+    from unirl_stream.algorithms.base import build
+
+    kind = build(recipe).rollout(recipe.sampling).kind
+    selection, name = recipe.sampling.sde.selection, recipe.algorithm.name
+    if kind == "sde" and selection == "none":
+        raise UserInputError(
+            f"{where}: sampling.sde.selection: 'none' samples no SDE step, but algorithm.name = "
+            f"{name!r} trains on SDE log-probs; choose 'fraction', 'random_k' or 'mixgrpo_window'")
+    if kind != "sde" and selection != "none":
+        what = "the clean latents of ODE rollouts" if kind == "ode" else "ODE rollouts' gradient windows"
+        raise UserInputError(
+            f"{where}: sampling.sde.selection: {selection!r} makes SDE steps, but algorithm.name = "
+            f"{name!r} trains on {what} (no SDE log-probs); set sampling.sde.selection = 'none'")
+
+
 def _check_sampling(recipe: Recipe, where: str) -> None:
     s = recipe.sampling
     sde = s.sde
+    if sde.selection == "none":
+        return  # an ODE rollout: the fraction and the kernel are unused
     lo, hi = sde.fraction
     if lo >= hi:
         raise UserInputError(f"{where}: sampling.sde.fraction: expected lo < hi, got [{lo}, {hi}]")
@@ -192,6 +217,11 @@ def _check_pipeline(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: pipeline.train_requires: empty; the trainer needs at least 'advantage'"
         )
+    if p.trainer.sharding == "fsdp" and not getattr(registry.load("algorithms", recipe.algorithm.name),
+                                                    "supports_fsdp", True):
+        raise UserInputError(
+            f"{where}: pipeline.trainer.sharding: algorithm {recipe.algorithm.name!r} needs whole adapter "
+            "parameters on every rank; use \"replicate\"")
     if p.trainer.sharding == "fsdp" and not hasattr(registry.load("models", recipe.model.name), "fsdp_units"):
         raise UserInputError(
             f"{where}: pipeline.trainer.sharding: model {recipe.model.name!r} names no FSDP units "

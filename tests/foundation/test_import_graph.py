@@ -21,10 +21,10 @@ ROOT = Path(unirl_stream.__file__).parent
 # Lower layers first; a node may import its own layer's contracts and anything below it.
 LAYERS = [
     {"api"},
-    {"control", "events", "explain", "tomlio", "data"},
+    {"control", "events", "training", "explain", "tomlio", "data"},
     {"registry"},
-    {"algorithms", "storage"},
-    {"models", "rewards", "stages.config"},
+    {"algorithms", "storage", "rewards"},
+    {"models", "stages.config"},
     {"recipe"},
     {"validate", "docs", "planning"},
     {"stages"},
@@ -132,11 +132,11 @@ def test_every_import_points_down_the_layers() -> None:
 
 @pytest.mark.timeout(120)
 def test_contracts_import_nothing_heavy() -> None:
-    for name in ("api", "control", "events"):
+    for name in ("api", "control", "events", "training"):
         tree = ast.parse((ROOT / f"{name}.py").read_text(encoding="utf-8"))
         roots = {m.split(".")[0] for m in _runtime_imports(tree)}
         assert roots <= LIGHT, (name, roots - LIGHT)
-    code = ("import sys, unirl_stream.api, unirl_stream.control, unirl_stream.events, unirl_stream.stages.base; "
+    code = ("import sys, unirl_stream.api, unirl_stream.control, unirl_stream.events, unirl_stream.training, unirl_stream.stages.base; "
             "print(sorted({'torch', 'ray', 'tensordict', 'diffusers', 'transformers', 'zmq'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=True)
     assert out.stdout.strip() == "[]", out.stdout

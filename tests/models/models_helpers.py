@@ -88,3 +88,32 @@ def brightness_gain(policy: Any, seed: int, *, lr: float = 2e-2, rounds: int = 1
                               samples_per_prompt=samples, run_seed=seed, rollout_batch=16, per_step=False)
     after = brightness(policy.rollout([PROMPTS[0]] * 16, seeds)["media"], None)
     return float(after.mean() - before.mean()), float(before.std()), [round(log.reward_mean, 4) for log in logs]
+
+
+def run_recipe(recipe: str, run_dir: Any, cwd: Any, steps: int, batch: int, *sets: str) -> tuple[float, float]:
+    """One run of ``recipes/<recipe>.toml`` through the CLI (Ray actors); checks the ledger
+    (every journaled sample id exactly once, ``steps`` x ``batch`` trained, staleness <= 1, the
+    last checkpoint); returns (last-quarter minus first-quarter mean reward, first-quarter std)."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "unirl_stream.cli", "run", str(root / "recipes" / f"{recipe}.toml"),
+         "--run-dir", str(run_dir), "--no-live", *[a for s in sets for a in ("--set", s)]],
+        capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
+    groups = [json.loads(x) for x in (run_dir / "groups.jsonl").read_text().splitlines() if x.strip()]
+    ids = [r["sample_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == sum(g["size"] for g in groups)
+    trained = sorted((r for r in rows if r["status"] == "trained"), key=lambda r: r["trained_at_version"])
+    assert len(trained) == steps * batch and max(r["staleness"] for r in trained) <= 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))[-1] == f"step_{steps:06d}"
+    q = len(trained) // 4
+    first = [r["reward"] for r in trained[:q]]
+    last = [r["reward"] for r in trained[-q:]]
+    return statistics.mean(last) - statistics.mean(first), statistics.pstdev(first)

@@ -2,36 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).parents[2]
-
-
-def _run(run_dir: Path, cwd: Path) -> tuple[float, float]:
-    """One quickstart_image run through the CLI; checks the ledger; returns (gain, first std)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "unirl_stream.cli", "run", str(ROOT / "recipes" / "quickstart_image.toml"),
-         "--run-dir", str(run_dir), "--no-live"],
-        capture_output=True, text=True, timeout=230, cwd=cwd)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    rows = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
-    groups = [json.loads(x) for x in (run_dir / "groups.jsonl").read_text().splitlines() if x.strip()]
-    ids = [r["sample_id"] for r in rows]
-    # exactly once: every journaled sample id has one ledger row, and no row is repeated
-    assert len(ids) == len(set(ids)) == sum(g["size"] for g in groups)
-    trained = sorted((r for r in rows if r["status"] == "trained"), key=lambda r: r["trained_at_version"])
-    assert len(trained) == 30 * 16 and max(r["staleness"] for r in trained) <= 1
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))[-1] == "step_000030"
-    q = len(trained) // 4
-    first = [r["reward"] for r in trained[:q]]
-    last = [r["reward"] for r in trained[-q:]]
-    return statistics.mean(last) - statistics.mean(first), statistics.pstdev(first)
+from models_helpers import run_recipe
 
 
 @pytest.mark.slow
@@ -44,7 +18,7 @@ def test_quickstart_image_trains_exactly_once_and_reward_rises(tmp_path: Path) -
     # misses the margin gets one fresh retry; missing it twice is the failure.
     results = []
     for attempt in range(2):
-        gain, spread = _run(tmp_path / f"qi-{attempt}", tmp_path)
+        gain, spread = run_recipe("quickstart_image", tmp_path / f"qi-{attempt}", tmp_path, 30, 16)
         results.append((round(gain, 4), round(spread, 4)))
         if gain > max(0.01, 2.0 * spread):
             return

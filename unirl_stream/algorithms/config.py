@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -16,8 +16,9 @@ class SDEConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``dance_sde``: DanceGRPO's constant-eta SDE; ``cps_sde``: coefficient-preserving sampling
     (each latent keeps noise share sigma; eta in (0, 1] sets the fresh noise's part,
     sin(eta pi / 2); never the last step). Non-SDE steps are deterministic ODE."""
-    selection: Literal["fraction", "random_k", "mixgrpo_window"] = "fraction"
-    """Which denoising steps are stochastic (and trained)."""
+    selection: Literal["fraction", "random_k", "mixgrpo_window", "none"] = "fraction"
+    """Which denoising steps are stochastic (and trained); ``none``: a deterministic ODE
+    rollout, for the algorithms that train without SDE log-probs (``nft``, ``refl``)."""
     fraction: tuple[Fraction, Fraction] = (0.0, 1.0)
     """Steps whose index / num_inference_steps falls in [lo, hi) (timestep fraction)."""
     k: Annotated[int, Meta(ge=1)] = 1
@@ -54,9 +55,12 @@ class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class AlgorithmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = "grpo"
-    """Objective plugin (entry point group ``unirl_stream.algorithms``): ``grpo`` or
+    """Algorithm plugin (entry point group ``unirl_stream.algorithms``): ``grpo``,
     ``decoupled_grpo`` (AReaL-style: for stale samples, and whenever producers and trainer
-    differ in numerics, i.e. bf16 models with ``model.lora.producer_dtype = "model"``)."""
+    differ in numerics, i.e. bf16 models with ``model.lora.producer_dtype = "model"``),
+    ``flow_dppo``, ``nft`` (DiffusionNFT) or ``refl`` (ReFL / DRaFT-K); docs/algorithms.md."""
+    options: dict[str, Any] = {}
+    """The algorithm's own settings (its ``Config`` Struct; docs/algorithms.md lists them)."""
     lr: Annotated[float, Meta(gt=0)] = 3e-4
     weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)

@@ -1,4 +1,4 @@
-"""GRPO objectives on per-step log-probs (api.Objective implementations).
+"""GRPO objectives on per-step log-probs (training.Objective implementations).
 
 Shapes: ``new``, ``behavior``, ``proximal``, ``ref`` [B, K] (per scored step), ``advantages``
 [B]. Each (sample, step) is one term; the loss is their mean (so micro-batches and per-step
@@ -26,11 +26,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from unirl_stream.algorithms.base import ReplayObjective
 from unirl_stream.algorithms.config import AlgorithmConfig
-from unirl_stream.api import LossStats, ObjectiveInput
+from unirl_stream.training import LossStats, ObjectiveInput, StepMeans
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from unirl_stream.recipe import Recipe
+
+
+def ref_kl(loss: torch.Tensor, new: torch.Tensor, ref: torch.Tensor | None,
+           kl_coef: float) -> tuple[torch.Tensor, float]:
+    """``loss`` + kl_coef * k3(ref || new) on the per-step log-probs, and the KL's value."""
+    if ref is None or kl_coef <= 0:
+        return loss, 0.0
+    d = ref.detach() - new
+    kl = (d.exp() - d - 1.0).mean()
+    return loss + kl_coef * kl, float(kl.detach())
 
 
 def _surrogate(
@@ -49,13 +62,7 @@ def _surrogate(
     per = -torch.minimum(unclipped, clipped)
     if weight is not None:
         per = per * weight.detach()
-    loss = per.mean()
-    kl_val = 0.0
-    if ref is not None and kl_coef > 0:
-        d = ref.detach() - new
-        kl = (torch.exp(d) - d - 1.0).mean()
-        loss = loss + kl_coef * kl
-        kl_val = float(kl.detach())
+    loss, kl_val = ref_kl(per.mean(), new, ref, kl_coef)
     with torch.no_grad():
         stats = LossStats(
             loss=float(loss.detach()),
@@ -69,38 +76,40 @@ def _surrogate(
     return loss, stats
 
 
-class GRPO:
+def behavior_weight(proximal: torch.Tensor, behavior: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """AReaL's off-policy correction: min(exp(proximal - behaviour), cap), no gradient."""
+    w = (proximal.detach() - behavior.detach()).exp()
+    return w if cap is None else w.clamp(max=cap)
+
+
+class GRPO(ReplayObjective):
     """Clipped surrogate against the behaviour log-probs (what the sampler recorded)."""
 
-    def __init__(self, cfg: AlgorithmConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: AlgorithmConfig, recipe: Recipe | None = None) -> None:
+        super().__init__(cfg, recipe)
         self.needs: frozenset[ObjectiveInput] = frozenset({"ref"} if cfg.kl_coef > 0 else ())
 
     def __call__(
         self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor | None,
-        advantages: torch.Tensor, ref: torch.Tensor | None = None,
+        advantages: torch.Tensor, ref: torch.Tensor | None = None, means: StepMeans | None = None,
     ) -> tuple[torch.Tensor, LossStats]:
         return _surrogate(new, behavior, advantages, self.cfg.clip_range, None, ref, self.cfg.kl_coef)
 
 
-class DecoupledGRPO:
+class DecoupledGRPO(ReplayObjective):
     """AReaL's decoupled objective for stale samples: trust region around the proximal
     policy (the trainer's weights before this batch's first update), off-policy correction by
     the capped importance weight proximal / behaviour."""
 
-    def __init__(self, cfg: AlgorithmConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: AlgorithmConfig, recipe: Recipe | None = None) -> None:
+        super().__init__(cfg, recipe)
         self.needs: frozenset[ObjectiveInput] = frozenset({"proximal", "ref"} if cfg.kl_coef > 0 else {"proximal"})
 
     def __call__(
         self, new: torch.Tensor, behavior: torch.Tensor, proximal: torch.Tensor | None,
-        advantages: torch.Tensor, ref: torch.Tensor | None = None,
+        advantages: torch.Tensor, ref: torch.Tensor | None = None, means: StepMeans | None = None,
     ) -> tuple[torch.Tensor, LossStats]:
-        import torch
-
         if proximal is None:
             raise ValueError("decoupled_grpo: no proximal log-probs (train_on_batch reads `needs`)")
-        w = torch.exp(proximal.detach() - behavior.detach())
-        if self.cfg.behavior_weight_cap is not None:
-            w = w.clamp(max=self.cfg.behavior_weight_cap)
+        w = behavior_weight(proximal, behavior, self.cfg.behavior_weight_cap)
         return _surrogate(new, proximal, advantages, self.cfg.clip_range, w, ref, self.cfg.kl_coef)

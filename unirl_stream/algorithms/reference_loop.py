@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from unirl_stream.algorithms.advantages import group_advantages
 from unirl_stream.algorithms.config import AlgorithmConfig
 from unirl_stream.algorithms.noise import sample_seed
-from unirl_stream.algorithms.train import train_on_batch
-from unirl_stream.api import LossStats, Objective, Policy, Prompt, group_id, sample_id
+from unirl_stream.api import Policy, Prompt, group_id, sample_id
+from unirl_stream.training import Algorithm, LossStats
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -58,7 +58,7 @@ def sample_round(
 
 def run_reference_loop(
     policy: Policy,
-    objective: Objective,
+    objective: Algorithm,
     optimizer: Any,
     prompts: Sequence[Prompt],
     reward_fn: RewardFn,
@@ -86,6 +86,6 @@ def run_reference_loop(
         rewards = torch.as_tensor(reward_fn(batch["media"], per_sample), dtype=torch.float32).flatten()
         batch["reward"] = rewards
         batch["advantage"] = group_advantages(rewards, groups, algorithm.adv_std, algorithm.adv_clip)
-        stats = train_on_batch(policy, objective, optimizer, per_sample, batch, algorithm, per_step=per_step)
+        stats = objective.train_batch(policy, optimizer, per_sample, batch, per_step=per_step)
         logs.append(RoundLog(r, version, float(rewards.mean()), float(rewards.std(unbiased=False)), stats))
     return logs

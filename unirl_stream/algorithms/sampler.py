@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.kernels import gaussian_log_prob, ode_step, sde_step
 from unirl_stream.algorithms.noise import gaussian
@@ -65,8 +65,11 @@ def sample(
     latent_shape: Sequence[int],
     sigmas: Sequence[float],
     device: torch.device | str = "cpu",
+    keep: Sequence[tuple[int, ...]] | None = None,
 ) -> RolloutTensors:
-    """Sample one trajectory per seed; ``steps[b]`` are sample b's SDE steps (sorted, K each)."""
+    """Sample one trajectory per seed; ``steps[b]`` are sample b's SDE steps (sorted, K each,
+    possibly none: an ODE rollout); ``keep[b]``: more positions whose latent sample b stores
+    (N = the clean latent; an ODE rollout's gradient-window start)."""
     import torch
 
     B, N, K = len(seeds), len(sigmas) - 1, len(steps[0])
@@ -75,7 +78,7 @@ def sample(
     host_ts = timestep_grid(sigmas)
     sig = _to(torch.tensor(list(sigmas), dtype=torch.float32), device)
     ts = _to(torch.tensor(host_ts, dtype=torch.float32), device)
-    positions = [latent_positions(list(s), slots) for s in steps]
+    positions = [latent_positions(list(s), slots, tuple(keep[b]) if keep else ()) for b, s in enumerate(steps)]
     plan = _step_plan(steps, N, device)
     store = torch.empty(B, slots, *latent_shape, dtype=torch.float32, device=device)
     log_probs = torch.zeros(B, K, dtype=torch.float32, device=device)
@@ -142,9 +145,12 @@ def replay(
     batch: Mapping[str, torch.Tensor],
     columns: Sequence[int] | None = None,
     device: torch.device | str | None = None,
-) -> torch.Tensor:
+    with_means: bool = False,
+) -> Any:
     """Log-probs [B, len(columns)] of the recorded transitions under ``velocity`` (autograd on
     if the caller's grad mode is). ``columns`` picks scored steps (default: all K).
+    ``with_means``: also the transitions' Gaussian means [B, len(columns), *latent] (Flow-DPPO's
+    trust region is on them), as a pair (log-probs, means).
 
     ``batch`` stays where it is (the host, as the store returns it): the index arithmetic runs
     there, and only the latents and schedule values this call scores go to ``device`` (default:
@@ -165,6 +171,7 @@ def replay(
     _check_slots(lsteps, b, s, slot_in, slot_out)
     e = experts[b, j]
     out = torch.zeros(b.numel(), dtype=torch.float32, device=dev)
+    means = torch.zeros(b.numel(), *latents.shape[2:], dtype=torch.float32, device=dev) if with_means else None
     for ex in sorted(set(e.tolist())):
         sel = (e == ex).nonzero().squeeze(1)
         bs, ss, si, so = b[sel], s[sel], slot_in[sel], slot_out[sel]
@@ -173,7 +180,10 @@ def replay(
         v = velocity(ex, x, _to(ts[bs, ss], dev), _to(bs, dev))
         mean, std = sde_step(spec.kernel, x, v, s_i, s_n, s_1, spec.eta)
         out = out.index_put((_to(sel, dev),), gaussian_log_prob(y, mean, std))
-    return out.view(B, len(cols))
+        if means is not None:
+            means = means.index_put((_to(sel, dev),), mean)
+    logp = out.view(B, len(cols))
+    return logp if means is None else (logp, means.view(B, len(cols), *latents.shape[2:]))
 
 
 def _check_slots(lsteps: torch.Tensor, b: torch.Tensor, s: torch.Tensor,

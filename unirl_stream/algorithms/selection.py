@@ -5,6 +5,7 @@ Strategies (``[sampling.sde].selection``):
 ``fraction``        every step i with lo <= i/N < hi.
 ``random_k``        ``k`` distinct steps among those, drawn from the sample's seed (so the
                     draw is independent of batch composition and reproducible).
+``none``            no SDE step: a deterministic ODE rollout (``nft``, ``refl``).
 ``mixgrpo_window``  MixGRPO's sliding window of ``window_size`` consecutive steps inside the
                     fraction. Progressive: the window starts at the fraction's first step and
                     moves ``window_stride`` steps later (towards low noise) every
@@ -39,6 +40,8 @@ def fraction_steps(num_steps: int, lo: float, hi: float) -> list[int]:
 
 def num_sde_steps(cfg: SDEConfig, num_steps: int) -> int:
     """K: how many steps every trajectory scores (fixed for a run)."""
+    if cfg.selection == "none":
+        return 0
     candidates = fraction_steps(num_steps, *cfg.fraction)
     if cfg.selection == "fraction":
         return len(candidates)
@@ -57,12 +60,16 @@ def latent_slots(cfg: SDEConfig, num_steps: int) -> int:
 
     Contiguous selections share endpoints (K + 1 latents); ``random_k`` steps may all be
     apart, so it reserves 2K slots (unused ones repeat the last latent position)."""
+    if cfg.selection == "none":
+        return 1  # the one latent an ODE rollout keeps (its clean latent, or its window start)
     k = num_sde_steps(cfg, num_steps)
     return 2 * k if cfg.selection == "random_k" else k + 1
 
 
 def select_steps(cfg: SDEConfig, num_steps: int, seed: int, version: int) -> list[int]:
     """The sorted SDE step indices of one sample."""
+    if cfg.selection == "none":
+        return []
     candidates = fraction_steps(num_steps, *cfg.fraction)
     k = num_sde_steps(cfg, num_steps)
     if cfg.selection == "fraction":
@@ -78,16 +85,24 @@ def select_steps(cfg: SDEConfig, num_steps: int, seed: int, version: int) -> lis
     return candidates[start : start + k]
 
 
-def latent_positions(steps: list[int], slots: int) -> list[int]:
-    """Sorted step positions whose input latent is stored (position N = final latent),
-    padded to ``slots`` by repeating the last one."""
-    pos = sorted(set(steps) | {s + 1 for s in steps})
+def latent_positions(steps: list[int], slots: int, keep: tuple[int, ...] = ()) -> list[int]:
+    """Sorted step positions whose input latent is stored (position N = final latent):
+    the scored steps' endpoints and ``keep``, padded to ``slots`` by repeating the last one."""
+    pos = sorted(set(steps) | {s + 1 for s in steps} | set(keep))
     if len(pos) > slots:
         raise ValueError(f"steps {steps} need {len(pos)} latent slots, only {slots} reserved")
     return pos + [pos[-1]] * (slots - len(pos))
 
 
+def window_start(window: tuple[int, int], seed: int) -> int:
+    """The first step of a sample's gradient window, drawn in [lo, hi) from its seed."""
+    lo, hi = window
+    return random.Random(derive_seed(seed, "grad_window")).randrange(lo, hi)
+
+
 def reachable_steps(cfg: SDEConfig, num_steps: int) -> list[int]:
     """Every step that some sample of the run may score (all strategies draw inside the
     fraction; a progressive MixGRPO window visits all of it unless training stops early)."""
+    if cfg.selection == "none":
+        return []
     return fraction_steps(num_steps, *cfg.fraction)

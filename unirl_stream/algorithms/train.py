@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.config import AlgorithmConfig
 from unirl_stream.algorithms.parallel import DataParallel, full_tensor
-from unirl_stream.api import LossStats, Objective, Policy, Prompt
+from unirl_stream.api import Policy, Prompt
+from unirl_stream.training import LossStats, Objective, StepMeans
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,6 +60,30 @@ def batch_logprobs(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
             out.append(fn([prompts[i] for i in rows], batch[rows]).detach().float())
     # an empty shard (data parallel, fewer samples than ranks) has no rows
     return torch.cat(out) if out else batch["log_probs"][:0].float()
+
+
+def batch_logprobs_and_means(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
+                             micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proximal pass with the steps' means: ([B, K], [B, K, *latent]), no gradients."""
+    import torch
+
+    lps, means = [], []
+    with torch.no_grad():
+        for rows in _chunks(len(prompts), micro_batch):
+            lp, mu = policy.logprobs([prompts[i] for i in rows], batch[rows], with_means=True)  # type: ignore[call-arg]
+            lps.append(lp.float())
+            means.append(mu)
+    if not lps:
+        lat = batch["latents"]
+        return batch["log_probs"][:0].float(), lat.new_zeros((0, batch["log_probs"].shape[1], *lat.shape[2:]))
+    return torch.cat(lps), torch.cat(means)
+
+
+def step_sigmas(batch: TensorDict, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma_i, sigma_{i+1}) [B, K] of every scored step, on ``dev``."""
+    steps = batch["sde_steps"]
+    sig = batch["sigmas"]
+    return sig.gather(1, steps).to(dev), sig.gather(1, steps + 1).to(dev)
 
 
 _SUMMED = ("loss", "clip_frac", "approx_kl", "ratio_mean", "kl_ref")
@@ -107,8 +132,9 @@ def train_on_batch(
     behavior = batch["log_probs"].float().to(dev)
     adv = batch["advantage"].float().flatten().to(dev)
     needs = objective.needs
-    proximal = batch_logprobs(policy, prompts, batch, cfg.micro_batch) if "proximal" in needs else None
+    proximal, old_means = _proximal(policy, prompts, batch, cfg.micro_batch, needs)
     ref = batch_logprobs(policy, prompts, batch, cfg.micro_batch, ref=True) if "ref" in needs else None
+    sigmas = step_sigmas(batch, dev) if old_means is not None else None
     col_chunks = [[j] for j in range(K)] if per_step and _accepts_columns(policy) else [list(range(K))]
     history = []
     for update in range(cfg.updates_per_batch):
@@ -117,10 +143,16 @@ def train_on_batch(
         for rows in _chunks(B, cfg.micro_batch):
             mb_prompts, mb, r = [prompts[i] for i in rows], batch[rows], torch.tensor(rows).to(dev, non_blocking=True)
             for cols in col_chunks:
-                kw = {"columns": cols} if len(col_chunks) > 1 else {}
-                new = policy.logprobs(mb_prompts, mb, **kw)
+                kw: dict[str, Any] = {"columns": cols} if len(col_chunks) > 1 else {}
+                means = None
+                if old_means is None or sigmas is None:
+                    new = policy.logprobs(mb_prompts, mb, **kw)
+                else:
+                    new, new_means = policy.logprobs(mb_prompts, mb, with_means=True, **kw)  # type: ignore[call-arg]
+                    means = StepMeans(new_means, _part(old_means, r, cols), _part(sigmas[0], r, cols),
+                                      _part(sigmas[1], r, cols))
                 loss, stats = objective(new, behavior[r][:, cols], _part(proximal, r, cols),
-                                        adv[r], _part(ref, r, cols))
+                                        adv[r], _part(ref, r, cols), means=means)
                 if not math.isfinite(stats.loss):
                     raise RuntimeError(f"non-finite loss {stats.loss} at update {update} (rows {rows})")
                 w = len(rows) * len(cols) / (total * K)
@@ -131,6 +163,16 @@ def train_on_batch(
         optimizer.step()
         history.append(_merge(parts, grad_norm, dp))
     return history
+
+
+def _proximal(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict, micro_batch: int,
+              needs: frozenset[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The proximal pass, if the objective reads it: (log-probs, means or None)."""
+    if "proximal_means" in needs:
+        return batch_logprobs_and_means(policy, prompts, batch, micro_batch)
+    if "proximal" in needs:
+        return batch_logprobs(policy, prompts, batch, micro_batch), None
+    return None, None
 
 
 def make_optimizer(policy: Policy, cfg: AlgorithmConfig) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from unirl_stream.api import FieldSpec
+from unirl_stream.training import RolloutKind
 
 # field -> dtype name; the order is the TensorDict's.
 TENSOR_FIELDS: dict[str, str] = {
@@ -38,12 +39,18 @@ REPLAY_FIELDS: tuple[str, ...] = (
 )
 
 
+SDE_ONLY: tuple[str, ...] = ("sde_steps", "experts", "log_probs")
+
+
 def field_specs(num_steps: int, k: int, slots: int, latent_shape: Sequence[int],
-                media_shape: Sequence[int]) -> list[FieldSpec]:
-    """Store declarations of the trajectory fields (per-sample shapes)."""
+                media_shape: Sequence[int], kind: RolloutKind = "sde") -> list[FieldSpec]:
+    """Store declarations of the trajectory fields (per-sample shapes). ODE rollouts
+    (``kind`` ``ode``/``window``) carry no SDE steps, experts or log-probs: their one latent
+    slot holds the clean latent or the gradient window's start."""
     shapes = {
         "seed": (), "sigmas": (num_steps + 1,), "timesteps": (num_steps,), "sde_steps": (k,),
         "experts": (k,), "latent_steps": (slots,), "latents": (slots, *latent_shape),
         "log_probs": (k,), "media": tuple(media_shape),
     }
-    return [FieldSpec(name=n, dtype=d, shape=tuple(shapes[n])) for n, d in TENSOR_FIELDS.items()]
+    return [FieldSpec(name=n, dtype=d, shape=tuple(shapes[n])) for n, d in TENSOR_FIELDS.items()
+            if kind == "sde" or n not in SDE_ONLY]

@@ -47,5 +47,5 @@ def check_common(recipe: Recipe, family: str) -> None:
         num_sde_steps(s.sde, s.num_inference_steps)
     except ValueError as e:
         raise UserInputError(str(e)) from None
-    if s.eta <= 0:
+    if s.eta <= 0 and s.sde.selection != "none":
         raise UserInputError(f"sampling.eta: must be > 0 for SDE steps, got {s.eta}")

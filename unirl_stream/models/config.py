@@ -52,6 +52,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     caches and the Triton kernels; ``TORCHINDUCTOR_CACHE_DIR``), shared by every process of a
     machine so the compile cost is paid once per machine. Default: torch's own
     (``/tmp/torchinductor_<user>``). Relative paths are relative to the working directory."""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """Rollout producers replay each transformer call as a CUDA graph (models/graphs.py: the
+    eager kernels launched as one unit, for launch-bound image models); ``auto``: on CUDA when
+    ``compile`` resolves to ``off``. Never on the trainer (autograd)."""
     gradient_checkpointing: bool = False
     lora: LoraConfig = msgspec.field(default_factory=LoraConfig)
     options: dict[str, object] = {}

@@ -31,13 +31,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
+from unirl_stream.algorithms.base import rollout_spec
 from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
-from unirl_stream.algorithms.schedule import sigma_grid
-from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, select_steps
+from unirl_stream.algorithms.schedule import route, sigma_grid
+from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, select_steps, window_start
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
-from unirl_stream.api import FieldSpec, Prompt
+from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models.checks import check_common
 from unirl_stream.models.compile import compile_experts
+from unirl_stream.models.graphs import GraphedCalls
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
@@ -203,18 +205,26 @@ class FlowPolicy:
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
         self.compiled = compile_experts(self.experts, m, self.device.type)
+        self.graphs = GraphedCalls(self._forward) if role == "producer" and self._use_graphs() else None
         self.sigmas = self._sigmas()
         g2 = s.guidance_scale if s.guidance_scale_2 is None else s.guidance_scale_2
         self.guidance = [s.guidance_scale, g2][: len(self.experts)]
         self.spec = SamplerSpec(s.sde.kernel, s.eta, self._boundary_ratio(), len(self.experts))
+        self.rollout_spec = rollout_spec(recipe)
         self.k = num_sde_steps(s.sde, s.num_inference_steps)
         self.slots = latent_slots(s.sde, s.num_inference_steps)
         self._text_cache: OrderedDict[tuple[str, str], Cond] = OrderedDict()
         self._neg: Cond | None = None
 
+    def _use_graphs(self) -> bool:
+        mode = self.recipe.model.cuda_graphs
+        if mode == "on" and self.device.type != "cuda":
+            raise UserInputError(f"model.cuda_graphs = 'on' needs a CUDA device, this policy runs on {self.device}")
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda" and self.compiled == "off")
+
     def field_specs(self) -> list[FieldSpec]:
         return field_specs(self.recipe.sampling.num_inference_steps, self.k, self.slots,
-                           self.latent_shape, self.media_shape)
+                           self.latent_shape, self.media_shape, self.rollout_spec.kind)
 
     # ------------------------------------------------------------------ text
     def embed(self, prompts: Sequence[Prompt]) -> Cond:
@@ -245,20 +255,29 @@ class FlowPolicy:
         return self._neg
 
     # ------------------------------------------------------------------ model
-    def _velocity_fn(self, cond: Cond) -> Any:
-        """The sampler's VelocityFn: guided velocity in fp32, CFG rows batched in one call."""
+    def _velocity_fn(self, cond: Cond, guided: bool = True) -> Any:
+        """The sampler's VelocityFn: guided velocity in fp32, CFG rows batched in one call
+        (``guided=False``: the conditional branch alone)."""
         import torch
 
         def velocity(expert: int, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            g, xin, c = self.guidance[expert], x.to(self.dtype), _rows(cond, rows)
+            g, xin, c = self.guidance[expert] if guided else 1.0, x.to(self.dtype), _rows(cond, rows)
             if g <= 1.0:  # diffusers' rule: guidance <= 1 runs the conditional branch only
-                return self._forward(expert, xin, t, c).float()
+                return self._call(expert, xin, t, c).float()
             neg = _expand(self._negative(), len(rows))
-            out = self._forward(expert, torch.cat([xin, xin]), torch.cat([t, t]), _cat(c, neg)).float()
+            out = self._call(expert, torch.cat([xin, xin]), torch.cat([t, t]), _cat(c, neg)).float()
             cond_v, uncond_v = out.chunk(2)
             return self._guide(cond_v, uncond_v, g)
 
         return velocity
+
+    def _call(self, expert: int, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """One transformer call: replayed from a CUDA graph on a producer without autograd."""
+        import torch
+
+        if self.graphs is not None and not torch.is_grad_enabled():
+            return self.graphs(expert, x, t, cond)
+        return self._forward(expert, x, t, cond)
 
     def _guide(self, cond_v: torch.Tensor, uncond_v: torch.Tensor, g: float) -> torch.Tensor:
         """Classifier-free guidance (models with their own rule override this)."""
@@ -294,9 +313,35 @@ class FlowPolicy:
         step = max(1, self.options.decode_batch)
         with torch.no_grad():
             for b in range(0, latents.shape[0], step):
-                media = self._decode_batch(latents[b : b + step]).float()
-                out.append(((media.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu())
+                out.append(self.decode_frames(latents[b : b + step]).to(torch.uint8).cpu())
         return torch.cat(out)
+
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """fp32 latents -> float frames [B, F, H, W, 3] on the uint8 scale, with autograd
+        when the caller's grad mode is on (reward-feedback learning): rounded to integers like
+        the media, by a straight-through rounding (forward rounds, backward is identity)."""
+        x = (self._decode_batch(latents).float().clamp(-1, 1) + 1.0) * 127.5
+        return x + (x.round() - x).detach()
+
+    def velocity(self, prompts: Sequence[Prompt], x: torch.Tensor, timesteps: torch.Tensor,
+                 guided: bool = False) -> torch.Tensor:
+        """fp32 velocity of latents ``x`` [B, ...] at per-row model timesteps [B] (1000 sigma,
+        on the host), each row on the expert of its noise level; autograd on the adapters
+        when the caller's grad mode is on. ``guided``: with the recipe's CFG, as sampling runs;
+        else the conditional branch alone (DiffusionNFT trains CFG-free)."""
+        import torch
+
+        fn = self._velocity_fn(self.embed(prompts), guided)
+        t_host = timesteps.detach().float().cpu()
+        experts = [route(float(t), self.spec.boundary_ratio, self.spec.num_experts) for t in t_host.tolist()]
+        out = torch.zeros(x.shape, dtype=torch.float32, device=self.device)
+        with self._train_mode():
+            for e in sorted(set(experts)):
+                rows = torch.tensor([b for b, ex in enumerate(experts) if ex == e])
+                dev_rows = rows.to(self.device)
+                v = fn(e, x[dev_rows].to(self.device), t_host[rows].to(self.device), dev_rows)
+                out = out.index_put((dev_rows,), v)
+        return out
 
     # ------------------------------------------------------------------ api.Policy
     def rollout(self, prompts: Sequence[Prompt], seeds: Sequence[int], version: int = 0) -> TensorDict:
@@ -309,10 +354,11 @@ class FlowPolicy:
             raise ValueError(f"rollout: {len(prompts)} prompts and {len(seeds)} seeds")
         n = self.recipe.sampling.num_inference_steps
         steps = [select_steps(self.recipe.sampling.sde, n, int(s), version) for s in seeds]
+        keep = [self._kept(n, int(s)) for s in seeds]
         with torch.no_grad():
             cond = self.embed(prompts)
             res = sample(self._velocity_fn(cond), self.spec, [int(s) for s in seeds], steps,
-                         self.slots, self.latent_shape, self.sigmas, self.device)
+                         self.slots, self.latent_shape, self.sigmas, self.device, keep)
             media = self.decode(res.final)
         B = len(prompts)
         fields = {
@@ -321,14 +367,24 @@ class FlowPolicy:
             "experts": res.experts, "latent_steps": res.latent_steps, "latents": res.latents,
             "log_probs": res.log_probs, "media": media,
         }
-        return TensorDict({k: v.cpu() for k, v in fields.items()}, batch_size=[B])
+        names = {f.name for f in self.field_specs()}
+        return TensorDict({k: v.cpu() for k, v in fields.items() if k in names}, batch_size=[B])
+
+    def _kept(self, num_steps: int, seed: int) -> tuple[int, ...]:
+        """The latent an ODE rollout keeps: its clean latent, or its gradient window's start."""
+        spec = self.rollout_spec
+        if spec.kind == "ode":
+            return (num_steps,)
+        return (window_start(spec.window, seed),) if spec.kind == "window" else ()
 
     def logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
-                 columns: Sequence[int] | None = None) -> torch.Tensor:
-        """Replay log-probs [B, K] (or [B, len(columns)]) with autograd on the adapters."""
+                 columns: Sequence[int] | None = None, with_means: bool = False) -> Any:
+        """Replay log-probs [B, K] (or [B, len(columns)]) with autograd on the adapters;
+        ``with_means``: (log-probs, the steps' Gaussian means) as ``sampler.replay`` gives."""
         td = batch.select(*REPLAY_FIELDS)  # moved to the device by replay, what it scores only
         with self._train_mode():
-            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns, self.device)
+            return replay(self._velocity_fn(self.embed(prompts)), self.spec, td, columns, self.device,
+                          with_means=with_means)
 
     def ref_logprobs(self, prompts: Sequence[Prompt], batch: TensorDict,
                      columns: Sequence[int] | None = None) -> torch.Tensor:

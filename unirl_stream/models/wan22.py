@@ -49,9 +49,9 @@ def experts_reached(sampling: SamplingConfig, boundary_ratio: float | None, num_
 def _check_experts_reached(recipe: Recipe, index: dict[str, Any], two: bool) -> None:
     """Every expert that gets an adapter must see at least one SDE step, or its LoRA would
     never receive gradient (the UniRL recipe's fraction [0, 0.2] only reaches ``high``)."""
-    if not two:
-        return
     s, m = recipe.sampling, recipe.model
+    if not two or s.sde.selection == "none":  # ODE-rollout algorithms train at every noise level
+        return
     boundary = m.boundary_ratio if m.boundary_ratio is not None else index.get("boundary_ratio")
     reached = experts_reached(s, boundary)
     idle = [e for e in m.lora.experts if e not in reached]

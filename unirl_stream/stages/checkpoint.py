@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 STATE = "state.json"
+ALGORITHM = "algorithm.safetensors"
 
 
-def save(run_dir: Path, step: int, version: int, weights: bytes, optimizer_state: dict[str, Any]) -> Path:
+def save(run_dir: Path, step: int, version: int, weights: bytes, optimizer_state: dict[str, Any],
+         algorithm_state: bytes = b"") -> Path:
     """``weights``: the policy's exported bytes; ``optimizer_state``: full (unsharded) tensors,
-    so any number of trainer ranks, in either memory mode, can resume from it."""
+    so any number of trainer ranks, in either memory mode, can resume from it;
+    ``algorithm_state``: what the algorithm keeps besides them (NFT's EMA adapter)."""
     import torch
 
     root = Path(run_dir) / "checkpoints"
@@ -29,6 +32,8 @@ def save(run_dir: Path, step: int, version: int, weights: bytes, optimizer_state
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "weights.safetensors").write_bytes(weights)
+    if algorithm_state:
+        (tmp / ALGORITHM).write_bytes(algorithm_state)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
     state = {"step": step, "version": version}
@@ -60,6 +65,12 @@ def restore(ckpt: Path, policy: Any) -> tuple[int, int]:
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     return step, version
+
+
+def algorithm_state(ckpt: Path) -> bytes:
+    """The algorithm's own state (b'' when it keeps none)."""
+    path = ckpt / ALGORITHM
+    return path.read_bytes() if path.exists() else b""
 
 
 def optimizer_state(ckpt: Path) -> dict[str, Any]:

@@ -68,7 +68,9 @@ class TrainerStage(StageBase):
         policy_cls = registry.load("models", self.recipe.model.name)
         self.policy: Any = policy_cls.from_recipe(self.recipe, device=ctx.device)
         self.store.declare(self.policy.field_specs())
-        self.objective = registry.load("algorithms", self.recipe.algorithm.name)(self.recipe.algorithm)
+        from unirl_stream.algorithms.base import build
+
+        self.algorithm = build(self.recipe)
         self.dp = self._join()
         self.steps = 0
         self.version = 0
@@ -79,6 +81,7 @@ class TrainerStage(StageBase):
         # state after it (cut like its parameters), on every rank.
         if ctx.resume_from is not None:
             self.steps, self.version = checkpoint.restore(ctx.resume_from, self.policy)
+            self.algorithm.load_state(checkpoint.algorithm_state(ctx.resume_from))
         if self.recipe.pipeline.trainer.sharding == "fsdp":
             parallel.shard(self.policy, self.dp)
         self.optimizer = make_optimizer(self.policy, self.recipe.algorithm)
@@ -116,7 +119,7 @@ class TrainerStage(StageBase):
         took. Under fsdp every rank takes part: the export gathers the sharded adapters."""
         t0 = time.time()
         if self.dp.leader or self.dp.sharded:
-            blob = self.policy.export_weights()
+            blob = self.algorithm.publish(self.policy)
             if self.dp.leader:
                 self.ctx.weights.publish(self.version, blob)
         return time.time() - t0
@@ -270,19 +273,16 @@ class TrainerStage(StageBase):
         weights = self.policy.export_weights()  # both gather under fsdp: every rank calls them
         state = parallel.full_optimizer_state(self.optimizer)
         if self.dp.leader:
-            checkpoint.save(self.ctx.run_dir, self.steps, self.version, weights, state)
+            checkpoint.save(self.ctx.run_dir, self.steps, self.version, weights, state, self.algorithm.state())
 
     # ------------------------------------------------------------------ learner (every rank)
     def _learn(self, ids: list[str]) -> list[Any]:
         """This rank's shard of ``ids``: read it from the store, take the data-parallel step."""
-        from unirl_stream.algorithms.train import train_on_batch
-
         mine = self.dp.shard(len(ids))
         shard = ids[mine.start:mine.stop]
         batch = self.store.get(shard, [f.name for f in self.specs] + [ADVANTAGE]) if shard else self._empty()
         prompts = [self.ctx.prompts_by_id[prompt_of_group(self._group(sid))] for sid in shard]
-        return train_on_batch(self.policy, self.objective, self.optimizer, prompts, batch,
-                              self.recipe.algorithm, dp=self.dp)
+        return self.algorithm.train_batch(self.policy, self.optimizer, prompts, batch, dp=self.dp)
 
     def _empty(self) -> Any:
         """A zero-row batch with the replay fields' shapes (a rank with nothing to replay
