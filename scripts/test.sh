@@ -30,7 +30,9 @@ if ((${#missing[@]})); then
 fi
 
 set +e
-python -m pytest -q "${args[@]}"
+# Two workers (pytest-xdist): the in-process tests spread over both, while everything that
+# starts Ray, servers or CLI runs stays on one of them in turn (tests/conftest.py).
+python -m pytest -q -n 2 --dist loadgroup "${args[@]}"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

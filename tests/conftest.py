@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).parent
+# Tests that start Ray clusters, servers or whole CLI runs, or measure wall-clock behaviour:
+# under pytest-xdist (scripts/test.sh runs two workers) they all run on one worker, one at a
+# time, so no two Ray clusters or servers share the 2-core machine; the in-process tests spread
+# over both workers around them.
+SERIAL_FOLDERS = ("pipeline", "monitor", "storage")
+SERIAL_FILES = ("test_reward_pool.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+        if (folder in SERIAL_FOLDERS or path.name in SERIAL_FILES
+                or item.get_closest_marker("ray") or item.get_closest_marker("slow")):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.fixture(scope="session")
