@@ -55,12 +55,15 @@ def tiny_config(layout: str = "qwen_image") -> dict[str, Any]:
     }
 
 
-def build_tokenizer() -> Any:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+def build_tokenizer(vocab: dict[str, int] | None = None, rewrites: dict[str, str] | None = None) -> Any:
+    """Offline word-level Qwen-style tokenizer (``vocab``: QWEN_VOCAB or a superset of it;
+    ``rewrites``: regex -> text applied after lowercasing, to mimic a BPE's splits)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab=QWEN_VOCAB, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
+    tok = Tokenizer(models.WordLevel(vocab=vocab or QWEN_VOCAB, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), *(normalizers.Replace(Regex(k), v) for k, v in (rewrites or {}).items())])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Split(" ", "removed"), pre_tokenizers.Punctuation()])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",

@@ -32,7 +32,8 @@ TINY_PREFIX = "tiny:"
 WAN_LAYOUTS = ("two_expert", "ti2v", "wan21")
 # Other families build their tiny models in their own module (same two functions).
 OTHER_FAMILIES = {"sd3": "unirl_stream.models.sd3_tiny", "qwen_image": "unirl_stream.models.qwen_image_tiny",
-                  "z_image": "unirl_stream.models.z_image_tiny", "flux2_klein": "unirl_stream.models.flux2_klein_tiny"}
+                  "z_image": "unirl_stream.models.z_image_tiny", "flux2_klein": "unirl_stream.models.flux2_klein_tiny",
+                  "hunyuan_video15": "unirl_stream.models.hunyuan_video15_tiny"}
 LAYOUTS = (*WAN_LAYOUTS, *OTHER_FAMILIES)
 
 # A word-level vocabulary: enough distinct words that test prompts get distinct embeddings;
