@@ -9,6 +9,8 @@ speed; a few also through the CLI.
 
 from __future__ import annotations
 
+import math
+
 import re
 import tomllib
 from pathlib import Path
@@ -77,8 +79,9 @@ def _nudged(value: Any) -> st.SearchStrategy[Any]:
     # Earlier mutations may have made the value negative: keep the ranges non-empty.
     if isinstance(value, int):
         return st.integers(min_value=-2, max_value=max(2 * value + 10, 10))
-    if isinstance(value, float):
-        return st.floats(min_value=-0.5, max_value=max(2 * value + 1.5, 1.5))
+    if isinstance(value, float):  # an earlier "set" may have made it NaN or infinite
+        top = 2 * value + 1.5 if math.isfinite(value) else 1.5
+        return st.floats(min_value=-0.5, max_value=max(top, 1.5))
     if isinstance(value, str):
         return st.sampled_from(WORDS)
     if isinstance(value, list) and value and not isinstance(value[0], dict):
