@@ -29,14 +29,20 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Two phases (tests/conftest.py marks the second): the in-process tests on two pytest-xdist
+# workers, then the tests that start Ray, servers or CLI runs, alone and one at a time.
 set +e
-# Two workers (pytest-xdist): the in-process tests spread over both, while everything that
-# starts Ray, servers or CLI runs stays on one of them in turn (tests/conftest.py).
-python -m pytest -q -n 2 --dist loadgroup "${args[@]}"
-rc=$?
+python -m pytest -q -n 2 -m "not serial" "${args[@]}"
+rc1=$?
+python -m pytest -q -m serial "${args[@]}"
+rc2=$?
 set -e
-if [[ $rc -eq 5 ]]; then
+if [[ $rc1 -eq 5 && $rc2 -eq 5 ]]; then
   echo "scripts/test.sh: pytest collected no tests; that is a failure" >&2
   exit 1
 fi
-exit $rc
+# "no tests collected" in one phase is fine when the other ran some (a file of one kind)
+for rc in $rc1 $rc2; do
+  if [[ $rc -ne 0 && $rc -ne 5 ]]; then exit $rc; fi
+done
+exit 0
