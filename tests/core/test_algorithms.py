@@ -178,7 +178,7 @@ def test_nft_step_loss_update_and_ema_by_hand() -> None:
         per = nft_terms(x0, xt, t, w * xt + b, (0.3 * xt - 0.1), r, 1.0)
         total = total + 5.0 * per.mean() / len(times)
     total.backward()
-    assert st.loss == pytest.approx(float(total), rel=1e-5)
+    assert st.loss == pytest.approx(float(total.detach()), rel=1e-5)
     live = [0.3 - 0.1 * float(w.grad), -0.1 - 0.1 * float(b.grad)]
     assert [float(policy.w), float(policy.b)] == pytest.approx(live, rel=1e-5)
     # shadow <- 0.25 shadow + 0.75 live, and producers get the shadow
