@@ -180,12 +180,12 @@ def test_nft_step_loss_update_and_ema_by_hand() -> None:
     total.backward()
     assert st.loss == pytest.approx(float(total.detach()), rel=1e-5)
     live = [0.3 - 0.1 * float(w.grad), -0.1 - 0.1 * float(b.grad)]
-    assert [float(policy.w), float(policy.b)] == pytest.approx(live, rel=1e-5)
+    assert [float(policy.w.detach()), float(policy.b.detach())] == pytest.approx(live, rel=1e-5)
     # shadow <- 0.25 shadow + 0.75 live, and producers get the shadow
     ema = [0.25 * 0.3 + 0.75 * live[0], 0.25 * -0.1 + 0.75 * live[1]]
     assert [float(s) for s in algo.shadow] == pytest.approx(ema, rel=1e-5)
     assert algo.publish(policy) == f"{ema[0]:.6f},{ema[1]:.6f}".encode()
-    assert [float(policy.w), float(policy.b)] == pytest.approx(live, rel=1e-6)  # swapped back
+    assert [float(policy.w.detach()), float(policy.b.detach())] == pytest.approx(live, rel=1e-6)  # swapped back
     assert all(not guided for _, guided in policy.calls)  # CFG-free
     restored = NFT(cfg)
     restored.load_state(algo.state())
@@ -224,6 +224,6 @@ def test_refl_window_gradient_by_hand(mode: str) -> None:
         outs.append(f.mean() / 255.0)
     loss = -2.0 * torch.stack(outs).mean()
     loss.backward()
-    assert st.loss == pytest.approx(float(loss), rel=1e-5)
+    assert st.loss == pytest.approx(float(loss.detach()), rel=1e-5)
     assert [float(policy.w.grad), float(policy.b.grad)] == pytest.approx([float(w.grad), float(b.grad)], rel=1e-5)
     assert all(guided for _, guided in policy.calls)  # the window runs with sampling's guidance
