@@ -1,9 +1,9 @@
 """The ``flux2_klein`` plugin on the tiny FLUX.2-klein: real loader, FLUX.2's own mu rule and
-the pipeline's schedule, replay parity, the distilled-CFG and frames checks.
+the pipeline's schedule, replay parity, the distilled-CFG and frames checks, and learning.
 
-No learning test yet: on brightness the tiny model's gain over 16 rounds was uneven across
-seeds (gain / spread, seeds 0-3: 4 steps 0.4, 0.49, -0.08, 0.75; 2 steps 0.64, 5.1, 0.46, 5.2;
-lr 5e-2 0.01-2.2), too close to seed noise to assert a margin (docs/models.md says so)."""
+Learning needs 64x64 and ``proj_out`` among the targets: at 32x32 (2x2 image tokens) with the
+attention targets alone the gain over 16 rounds stayed within seed noise (gain / spread, seeds
+0-3: 0.4, 0.49, -0.08, 0.75)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 import msgspec
 import pytest
 import torch
-from models_helpers import PROMPTS, assert_same_weights, make_recipe, parity_gaps, perturb_lora
+from models_helpers import PROMPTS, assert_same_weights, brightness_gain, make_recipe, parity_gaps, perturb_lora
 
 from unirl_stream.api import UserInputError
 from unirl_stream.models.flux2_klein import LORA_TARGETS, Flux2KleinPolicy
@@ -65,3 +65,19 @@ def test_check_refuses_cfg_on_distilled_klein_and_video_frames() -> None:
         Flux2KleinPolicy.check(make_recipe("flux2_klein", "tiny:flux2_klein", guidance_scale=4.0))
     with pytest.raises(UserInputError, match=r"^sampling\.num_frames: FLUX.2-klein generates images"):
         Flux2KleinPolicy.check(make_recipe("flux2_klein", "tiny:flux2_klein", guidance_scale=1.0, num_frames=5))
+
+
+@pytest.mark.timeout(240)
+def test_flux2_klein_learns_brightness_over_seeds() -> None:
+    # 64x64 (4x4 image tokens; at 32x32, 2x2 tokens, the reward did not move), 4 steps, no
+    # CFG (distilled), LoRA on the recipe's targets plus proj_out (on the attention alone a
+    # random tiny model's output barely moves: a 0.05-std perturbation changed its images by
+    # 0.24 of 255 levels, with proj_out by 8.6), 24 rounds of 16. Measured gain / spread,
+    # seeds 0-4: 3.3, 1.37, 0.68, 0.65, 8.05 (mean 2.8): it learns, unevenly across seeds.
+    ratios = []
+    for seed in range(5):
+        recipe = make_recipe("flux2_klein", "tiny:flux2_klein", hw=64, num_inference_steps=4, guidance_scale=1.0,
+                             seed=seed, lora={"target_modules": [*LORA_TARGETS, "proj_out"]})
+        gain, spread, logs = brightness_gain(Flux2KleinPolicy.from_recipe(recipe, device="cpu"), seed, rounds=24)
+        ratios.append(round(gain / spread, 2))
+    assert min(ratios) > -1.0 and sum(ratios) / len(ratios) > 1.5, ratios

@@ -49,7 +49,7 @@ class Flux2KleinPolicy(PipelinePolicy):
         "text encoders": "Qwen3 (chat template, hidden states of layers 9, 18, 27 concatenated)",
         "LoRA targets": "`" + ", ".join(LORA_TARGETS) + "`",
         "schedule": "dynamic shift with FLUX.2's empirical mu (image tokens and step count)",
-        "learning test": "none yet: gains -0.1 to 5.2 sample std, uneven across seeds",
+        "learning test": "brightness at 64x64, 5 seeds, gain 0.65-8.05 sample std (mean 2.8, 24 rounds)",
         "recipe": "`flux2_klein_flowgrpo.toml`",
     }
 
