@@ -38,7 +38,8 @@ from msgspec import Meta
 
 from unirl_stream.algorithms.base import AlgorithmBase
 from unirl_stream.algorithms.noise import derive_seed, gaussian
-from unirl_stream.algorithms.parallel import DataParallel, full_tensor
+from unirl_stream.algorithms.parallel import DataParallel
+from unirl_stream.algorithms.train import apply_gradients
 from unirl_stream.training import LossStats, RolloutSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,9 +165,7 @@ class NFT(AlgorithmBase):
         for _ in range(self.cfg.updates_per_batch):
             optimizer.zero_grad(set_to_none=True)
             loss = self._accumulate(policy, prompts, batch, total, dp)
-            dp.sum_gradients(params)
-            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)))
-            optimizer.step()
+            grad_norm = apply_gradients(params, optimizer, self.cfg.max_grad_norm, dp)
             with torch.no_grad():
                 torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - ema_decay(self.options, self.updates))
             self.updates += 1
@@ -182,12 +181,12 @@ class NFT(AlgorithmBase):
         B = batch.batch_size[0]
         times = self._times(batch["sigmas"][0].tolist()) if B else self._times([1.0, 0.0])
         c, beta = self.options.adv_clip_max, self.options.beta
+        dev = policy_device(policy)
         loss_sum = 0.0
         for k, t in enumerate(times):
             for start in range(0, B, self.cfg.micro_batch):
                 rows = list(range(start, min(start + self.cfg.micro_batch, B)))
                 mb = batch[rows]
-                dev = policy_device(policy)
                 x0 = mb["latents"][:, 0].float().to(dev)
                 adv = mb["advantage"].float().flatten().to(dev)
                 r = (adv.clamp(-c, c) / c / 2 + 0.5).clamp(0, 1)

@@ -32,8 +32,9 @@ import msgspec
 from msgspec import Meta
 
 from unirl_stream.algorithms.base import AlgorithmBase
-from unirl_stream.algorithms.parallel import DataParallel, full_tensor
+from unirl_stream.algorithms.parallel import DataParallel
 from unirl_stream.algorithms.selection import fraction_steps
+from unirl_stream.algorithms.train import apply_gradients
 from unirl_stream.training import LossStats, RolloutSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,9 +105,7 @@ class ReFL(AlgorithmBase):
                     raise RuntimeError(f"non-finite reward-feedback loss (rows {rows})")
                 (loss * dp.grad_scale).backward()
                 reward_sum += float(r.detach().sum())
-            dp.sum_gradients(params)
-            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)))
-            optimizer.step()
+            grad_norm = apply_gradients(params, optimizer, self.cfg.max_grad_norm, dp)
             mean_reward = dp.sum([reward_sum])[0] / max(total, 1)
             history.append(LossStats(loss=-self.options.reward_scale * mean_reward, grad_norm=grad_norm))
         return history

@@ -158,11 +158,20 @@ def train_on_batch(
                 w = len(rows) * len(cols) / (total * K)
                 (loss * (w * dp.grad_scale)).backward()
                 parts.append((w, stats))
-        dp.sum_gradients(params)
-        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
-        optimizer.step()
+        grad_norm = apply_gradients(params, optimizer, cfg.max_grad_norm, dp)
         history.append(_merge(parts, grad_norm, dp))
     return history
+
+
+def apply_gradients(params: list[Any], optimizer: Any, max_grad_norm: float, dp: DataParallel) -> float:
+    """The accumulated gradients summed over ranks, clipped to ``max_grad_norm``, one optimizer
+    step; returns the gradient norm before clipping (every algorithm's update ends here)."""
+    import torch
+
+    dp.sum_gradients(params)
+    grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, max_grad_norm)))
+    optimizer.step()
+    return grad_norm
 
 
 def _proximal(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict, micro_batch: int,
