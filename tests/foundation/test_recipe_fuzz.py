@@ -10,7 +10,6 @@ speed; a few also through the CLI.
 from __future__ import annotations
 
 import math
-
 import re
 import tomllib
 from pathlib import Path

@@ -47,9 +47,9 @@ def test_algorithm_learns_brightness_over_seeds(name: str) -> None:
         algorithm = build(recipe)
         opt = make_optimizer(policy, recipe.algorithm)
 
-        def evaluate() -> torch.Tensor:
+        def evaluate(policy: SD3Policy = policy, algorithm: object = algorithm) -> torch.Tensor:
             # NFT's producers sample with the EMA adapter: that is the policy it ships
-            old = algorithm._old(policy) if name == "nft" else torch.no_grad()
+            old = algorithm._old(policy) if name == "nft" else torch.no_grad()  # type: ignore[attr-defined]
             with old:
                 return brightness(policy.rollout([PROMPTS[0]] * 16, EVAL_SEEDS)["media"], None)
 

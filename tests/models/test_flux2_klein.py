@@ -12,7 +12,14 @@ import json
 import msgspec
 import pytest
 import torch
-from models_helpers import PROMPTS, assert_same_weights, brightness_gain, make_recipe, parity_gaps, perturb_lora
+from models_helpers import (
+    PROMPTS,
+    assert_same_weights,
+    brightness_gain,
+    make_recipe,
+    parity_gaps,
+    perturb_lora,
+)
 
 from unirl_stream.api import UserInputError
 from unirl_stream.models.flux2_klein import LORA_TARGETS, Flux2KleinPolicy

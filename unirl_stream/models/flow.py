@@ -34,7 +34,12 @@ import msgspec
 from unirl_stream.algorithms.base import rollout_spec
 from unirl_stream.algorithms.sampler import SamplerSpec, replay, sample
 from unirl_stream.algorithms.schedule import route, sigma_grid
-from unirl_stream.algorithms.selection import latent_slots, num_sde_steps, select_steps, window_start
+from unirl_stream.algorithms.selection import (
+    latent_slots,
+    num_sde_steps,
+    select_steps,
+    window_start,
+)
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
 from unirl_stream.models.checks import check_common
