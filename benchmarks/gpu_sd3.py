@@ -11,13 +11,15 @@ Phases, each timed in the same process (median of ``--repeats`` after one warm-u
   plain      ``StableDiffusion3Pipeline(prompt_embeds=..., output_type="latent")``, no adapter;
              and the same call over the producer's transformer (its live bf16 adapter)
   producer   our ``sample`` loop (per-step log-probs, 3 SDE steps of the first half) with a
-             live bf16 r32 adapter (``model.lora.producer_dtype = "model"``)
+             live bf16 r32 adapter (``model.lora.producer_dtype = "model"``), its linears fused
+             (``lora.fuse_for_inference``) and each transformer call a CUDA graph; also without
+             the graphs, and with peft's own adapter path (what the fusion saves)
   trainer    the same loop with fp32 adapters (the trainer's numerics, TF32 on)
   replay     ``logprobs`` forward + backward of one sample's 3 SDE steps (fp32 adapters),
              reported per SDE step
   decode     VAE decode of one 512x512 latent
 
-Usage: python benchmarks/gpu_sd3.py [--out DIR] [--batch 1 4]
+Usage: python benchmarks/gpu_sd3.py [--out DIR] [--batch 1 4 8]
        python benchmarks/gpu_sd3.py --tiny     (CPU dry run at 64x64 on the tiny SD3)
 """
 
@@ -28,6 +30,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +150,18 @@ def profile_busy(label: str, fn: Any, table: bool) -> float:
     return busy
 
 
+@contextmanager
+def peft_adapters(policy: Any) -> Iterator[None]:
+    """The policy's adapted linears through peft's own forward (undo ``fuse_for_inference``)."""
+    fused = [m for e in policy.experts for m in e.modules() if "forward" in vars(m)]
+    saved = [vars(m).pop("forward") for m in fused]
+    try:
+        yield
+    finally:
+        for m, f in zip(fused, saved, strict=True):
+            m.forward = f
+
+
 def policy_phases(policy: Any, batch: int, a: argparse.Namespace, once: bool = False) -> tuple[float, Any]:
     """Our sampler's denoising loop (no decode) for ``batch`` samples; returns (s, trajectory)."""
     from unirl_stream.algorithms.sampler import sample
@@ -178,7 +194,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--batch", nargs="*", type=int, default=[1, 4])
+    ap.add_argument("--batch", nargs="*", type=int, default=[1, 4, 8])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="also profile one call of each loop")
     a = ap.parse_args()
@@ -208,15 +224,18 @@ def main() -> None:
                   "height": a.size, "width": a.size, "num_inference_steps": 10, "guidance_scale": 4.5,
                   "output_type": "latent"}
             t_plain = timed(lambda kw=kw: plain(**kw), a.repeats, a.cuda)
-            # the same pipeline class over the producer's transformer: the live bf16 adapter, no
-            # log-probs (what a diffusers user pays for the adapter alone)
-            t_plain_lora = timed(lambda kw=kw: producer.pipeline(**kw), a.repeats, a.cuda)
+            # the same pipeline class over the producer's transformer: the live bf16 adapter through
+            # peft, no log-probs (what a diffusers user pays for the adapter alone)
+            with peft_adapters(producer):
+                t_plain_lora = timed(lambda kw=kw: producer.pipeline(**kw), a.repeats, a.cuda)
+                t_prod_peft, _ = policy_phases(producer, batch, a)
             t_prod, _ = policy_phases(producer, batch, a)
             graphs, producer.graphs = producer.graphs, None  # the same loop, each kernel launched from Python
             t_prod_launched, _ = policy_phases(producer, batch, a)
             producer.graphs = graphs
             t_train, _ = policy_phases(trainer, batch, a)
             rows.add(cfg, "producer_bf16_lora_without_cuda_graphs_vs_plain", t_prod_launched / t_plain, "x")
+            rows.add(cfg, "producer_bf16_peft_lora_vs_plain", t_prod_peft / t_plain, "x")
             rows.add(cfg, "plain_pipeline_s", t_plain, "s")
             rows.add(cfg, "plain_pipeline_bf16_lora_s", t_plain_lora, "s")
             rows.add(cfg, "producer_bf16_lora_vs_plain_with_same_lora", t_prod / t_plain_lora, "x")
@@ -224,8 +243,9 @@ def main() -> None:
             rows.add(cfg, "producer_bf16_lora_vs_plain", t_prod / t_plain, "x")
             rows.add(cfg, "sampler_fp32_lora_s", t_train, "s")
             rows.add(cfg, "sampler_fp32_lora_vs_plain", t_train / t_plain, "x")
-            print(f"batch {batch}: plain {t_plain:.3f}s (with the adapter {t_plain_lora:.3f}s), ours bf16 LoRA {t_prod:.3f}s ({t_prod / t_plain:.3f}x; "
-                  f"without CUDA graphs {t_prod_launched / t_plain:.3f}x), "
+            print(f"batch {batch}: plain {t_plain:.3f}s (with peft's adapter {t_plain_lora:.3f}s), "
+                  f"ours bf16 LoRA {t_prod:.3f}s ({t_prod / t_plain:.3f}x; without CUDA graphs "
+                  f"{t_prod_launched / t_plain:.3f}x; peft's adapter path {t_prod_peft / t_plain:.3f}x), "
                   f"fp32 LoRA {t_train:.3f}s ({t_train / t_plain:.3f}x)", flush=True)
             if a.profile and a.cuda:
                 try:

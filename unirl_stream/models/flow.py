@@ -49,6 +49,7 @@ from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
     export_lora,
+    fuse_for_inference,
     import_lora,
     lora_parameters,
 )
@@ -201,6 +202,8 @@ class FlowPolicy:
         adapter_dtype = self.dtype if role == "producer" and m.lora.producer_dtype == "model" else torch.float32
         for name, model in self.trained.items():
             add_lora(model, m.lora, recipe.run.seed, name, adapter_dtype)
+            if role == "producer":
+                fuse_for_inference(model)
         for mod in (*self._frozen_modules(), *self.experts):
             mod.eval()
             if mod not in self.trained.values():
