@@ -87,18 +87,38 @@ def _recipe_file(recipe_factory, tmp_path: Path, **sections) -> Path:
     return path
 
 
+# Where the driver is SIGKILLed, one point after another in the same run directory: the fresh
+# run before its first checkpoint (its resume starts from scratch, all earlier ids stay final),
+# that resume mid-run, and that resume's resume (from a checkpoint) in the last steps; a last
+# resume finishes the run. Each condition asks for progress the previous kill's resume made.
 KILL_POINTS = {
-    # before any checkpoint: the resume starts from scratch, all earlier ids stay final
-    "before_checkpoint": lambda d: (d / "ledger.jsonl").exists() and len(ledger(d)) >= 8 and not _checkpoints(d),
-    "mid_run": lambda d: len(_checkpoints(d)) >= 2,
-    "last_steps": lambda d: len(_checkpoints(d)) >= 3,
+    "before_checkpoint": lambda d, ckpts: (d / "ledger.jsonl").exists() and len(ledger(d)) >= 8
+    and not _checkpoints(d),
+    "mid_run": lambda d, ckpts: len(_checkpoints(d)) >= 2,
+    "last_steps": lambda d, ckpts: len(_checkpoints(d)) >= max(3, ckpts + 1),
 }
+
+
+def _sigkill_driver(proc: subprocess.Popen, point: str) -> None:
+    """SIGKILL the driver alone (no clean-up of any kind); nothing of its run may survive it."""
+    procs = _tree(proc.pid)
+    assert len(procs) > 3, point  # the driver, its reaper and the local Ray cluster
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(procs):
+        time.sleep(0.5)
+    assert not _alive(procs), f"{point}: still alive 30 s after the driver's SIGKILL: {_alive(procs)}"
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_sigkilled_driver_leaves_nothing_and_resumes_exactly_once(point, recipe_factory, tmp_path):
+@pytest.mark.timeout(420)
+def test_sigkilled_driver_leaves_nothing_and_resumes_exactly_once(recipe_factory, tmp_path):
+    # The three kill points once were three tests, each a run and its resume (6 CLI runs with a
+    # local Ray cluster each, ~150 s on 2 cores); chained in one run directory they take 4 runs
+    # (~80 s), and every kill point still gets its own checks: no survivor, no sample id ended
+    # twice, every id ended before the kill stays final, a resume that gets past the kill point.
     path = _recipe_file(
         recipe_factory, tmp_path,
         run={"name": "kill", "total_steps": 8, "checkpoint_every": 2},
@@ -107,21 +127,23 @@ def test_sigkilled_driver_leaves_nothing_and_resumes_exactly_once(point, recipe_
         pipeline={"backend": "ray", "tick_s": 0.2})
     run_dir = tmp_path / "run"
     proc = _start("run", str(path), "--run-dir", str(run_dir), "--no-live")
-    _wait_for(lambda: KILL_POINTS[point](run_dir), proc)
-    procs = _tree(proc.pid)
-    assert len(procs) > 3  # the driver, its reaper and the local Ray cluster
-    os.kill(proc.pid, signal.SIGKILL)  # the driver alone: no clean-up of any kind
-    proc.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and _alive(procs):
-        time.sleep(0.5)
-    assert not _alive(procs), f"still alive 30 s after the driver's SIGKILL: {_alive(procs)}"
-
-    before = {r["sample_id"] for r in ledger(run_dir)}
-    out = _cli("run", "--resume", str(run_dir), "--no-live")  # no recipe: the saved one
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    befores: dict[str, set[str]] = {}
+    ckpts = 0
+    for point, reached in KILL_POINTS.items():
+        _wait_for(lambda reached=reached, ckpts=ckpts: reached(run_dir, ckpts), proc)
+        _sigkill_driver(proc, point)
+        ckpts = len(_checkpoints(run_dir))
+        ids = [r["sample_id"] for r in ledger(run_dir)]
+        assert len(ids) == len(set(ids)), f"{point}: a sample id ended twice"
+        for earlier, before in befores.items():
+            assert before <= set(ids), f"{point}: an id ended before the {earlier} kill is gone"
+        befores[point] = set(ids)
+        proc = _start("run", "--resume", str(run_dir), "--no-live")  # no recipe: the saved one
+    out = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
     rows = assert_exactly_once(run_dir)
-    assert before <= {r["sample_id"] for r in rows}
+    for point, before in befores.items():
+        assert before <= {r["sample_id"] for r in rows}, f"an id ended before the {point} kill is gone"
     trained = [r for r in rows if r["status"] == "trained"]
     assert max(r["trained_at_version"] for r in trained) == 7  # reached the last step
     assert all(r["reason"] for r in rows if r["status"] == "dropped")
