@@ -99,16 +99,15 @@ KILL_POINTS = {
 }
 
 
-def _sigkill_driver(proc: subprocess.Popen, point: str) -> None:
-    """SIGKILL the driver alone (no clean-up of any kind); nothing of its run may survive it."""
-    procs = _tree(proc.pid)
-    assert len(procs) > 3, point  # the driver, its reaper and the local Ray cluster
+def _sigkill_driver(proc: subprocess.Popen, watched: list, what: str) -> None:
+    """SIGKILL the driver alone (no clean-up of any kind); none of ``watched`` may outlive it
+    by more than 30 s (``what`` says which they are when some do)."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 30
-    while time.time() < deadline and _alive(procs):
+    while time.time() < deadline and _alive(watched):
         time.sleep(0.5)
-    assert not _alive(procs), f"{point}: still alive 30 s after the driver's SIGKILL: {_alive(procs)}"
+    assert not _alive(watched), f"{what}: {_alive(watched)}"
 
 
 @pytest.mark.slow
@@ -131,7 +130,9 @@ def test_sigkilled_driver_leaves_nothing_and_resumes_exactly_once(recipe_factory
     ckpts = 0
     for point, reached in KILL_POINTS.items():
         _wait_for(lambda reached=reached, ckpts=ckpts: reached(run_dir, ckpts), proc)
-        _sigkill_driver(proc, point)
+        procs = _tree(proc.pid)
+        assert len(procs) > 3, point  # the driver, its reaper and the local Ray cluster
+        _sigkill_driver(proc, procs, f"{point}: still alive 30 s after the driver's SIGKILL")
         ckpts = len(_checkpoints(run_dir))
         ids = [r["sample_id"] for r in ledger(run_dir)]
         assert len(ids) == len(set(ids)), f"{point}: a sample id ended twice"
@@ -299,11 +300,6 @@ def test_sigkilled_driver_on_a_joined_cluster_stops_only_its_own_actors(joined_c
     time.sleep(1.0)  # a few heartbeats: the driver has told its reaper the actors' pids
     actors = [(pid, t) for pid, t in _actor_processes().items() if pid not in before]
     assert len(actors) >= 4, actors  # 2 producers, a reward worker, a trainer (+ coordinator)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and _alive(actors):
-        time.sleep(0.5)
-    assert not _alive(actors), f"the run's actors outlived its driver: {_alive(actors)}"
+    _sigkill_driver(proc, actors, "the run's actors outlived its driver")
     # the cluster itself (gcs_server, raylet, ...) lives on for its other users
     assert len(_alive(cluster)) == len(cluster), set(map(str, cluster)) - set(_alive(cluster))
