@@ -12,7 +12,7 @@ Phases, each timed in the same process (median of ``--repeats`` after one warm-u
              and the same call over the producer's transformer (its live bf16 adapter)
   producer   our ``sample`` loop (per-step log-probs, 3 SDE steps of the first half) with a
              live bf16 r32 adapter (``model.lora.producer_dtype = "model"``), its linears fused
-             (``lora.fuse_for_inference``) and each transformer call a CUDA graph; also without
+             (``lora.fuse_adapters``) and each transformer call a CUDA graph; also without
              the graphs, and with peft's own adapter path (what the fusion saves)
   trainer    the same loop with fp32 adapters (the trainer's numerics, TF32 on)
   replay     ``logprobs`` forward + backward of one sample's 3 SDE steps (fp32 adapters),
@@ -30,8 +30,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,18 +148,6 @@ def profile_busy(label: str, fn: Any, table: bool) -> float:
     return busy
 
 
-@contextmanager
-def peft_adapters(policy: Any) -> Iterator[None]:
-    """The policy's adapted linears through peft's own forward (undo ``fuse_for_inference``)."""
-    fused = [m for e in policy.experts for m in e.modules() if "forward" in vars(m)]
-    saved = [vars(m).pop("forward") for m in fused]
-    try:
-        yield
-    finally:
-        for m, f in zip(fused, saved, strict=True):
-            m.forward = f
-
-
 def policy_phases(policy: Any, batch: int, a: argparse.Namespace, once: bool = False) -> tuple[float, Any]:
     """Our sampler's denoising loop (no decode) for ``batch`` samples; returns (s, trajectory)."""
     from unirl_stream.algorithms.sampler import sample
@@ -189,6 +175,7 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusion3Pipeline
 
+    from unirl_stream.models.lora import peft_forward
     from unirl_stream.models.sd3 import SD3Policy
 
     ap = argparse.ArgumentParser()
@@ -226,7 +213,7 @@ def main() -> None:
             t_plain = timed(lambda kw=kw: plain(**kw), a.repeats, a.cuda)
             # the same pipeline class over the producer's transformer: the live bf16 adapter through
             # peft, no log-probs (what a diffusers user pays for the adapter alone)
-            with peft_adapters(producer):
+            with peft_forward(producer.experts):
                 t_plain_lora = timed(lambda kw=kw: producer.pipeline(**kw), a.repeats, a.cuda)
                 t_prod_peft, _ = policy_phases(producer, batch, a)
             t_prod, _ = policy_phases(producer, batch, a)

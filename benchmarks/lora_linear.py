@@ -7,7 +7,7 @@ own cost, which is what remains once the producer's calls are graphed):
 
   base      F.linear(x, W)                            (the adapter's floor: merged weights)
   peft      peft's lora.Linear.forward                (GEMM A, GEMM B, * scale, + result)
-  fused     lora.fuse_for_inference's forward         (GEMM A, GEMM B accumulating into y)
+  fused     lora.fuse_adapters's forward         (GEMM A, GEMM B accumulating into y)
 
 Usage: python benchmarks/lora_linear.py [--out DIR]
 """
@@ -55,7 +55,7 @@ def measure(batch: int, tokens: int, inner: int) -> tuple[float, float, float]:
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
-    from unirl_stream.models.lora import fuse_for_inference
+    from unirl_stream.models.lora import fuse_adapters
 
     model = torch.nn.Sequential(torch.nn.Linear(1536, 1536)).to("cuda", torch.bfloat16)
     model = inject_adapter_in_model(LoraConfig(r=32, lora_alpha=64, target_modules=["0"]), model)
@@ -66,7 +66,7 @@ def measure(batch: int, tokens: int, inner: int) -> tuple[float, float, float]:
         x = torch.randn(2 * batch, tokens, 1536, device="cuda", dtype=torch.bfloat16)
         t_base = graph_time(lambda: layer.base_layer(x), inner)
         t_peft = graph_time(lambda: layer(x), inner)
-        assert fuse_for_inference(model) == 1
+        assert fuse_adapters(model) == 1
         t_fused = graph_time(lambda: layer(x), inner)
     return t_base, t_peft, t_fused
 

@@ -127,11 +127,12 @@ def _check_model(recipe: Recipe, where: str) -> None:
 
 
 def _check_numerics(recipe: Recipe, where: str) -> None:
-    """Producers running bf16 adapters record behaviour log-probs that differ from the fp32
-    trainer's by rounding, even at staleness 0: only an objective with its own proximal replay
-    keeps its trust region on the trainer's numerics (algorithms/losses.py)."""
+    """Producers and trainer running the adapter GEMMs in different dtypes (bf16 vs fp32)
+    record log-probs that differ by rounding, even at staleness 0: only an objective with its
+    own proximal replay keeps its trust region on the trainer's numerics (algorithms/losses.py)."""
     m = recipe.model
-    if m.dtype == "float32" or m.lora.producer_dtype != "model" or not m.lora.enabled:
+    lora = m.lora
+    if m.dtype == "float32" or lora.producer_dtype == lora.trainer_dtype or not lora.enabled:
         return
     from unirl_stream.algorithms.base import build
 
@@ -141,9 +142,9 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
     if "proximal" not in algorithm.needs:
         raise UserInputError(
             f"{where}: algorithm.name: {recipe.algorithm.name!r} takes its ratio against the producers' "
-            f"log-probs, which {m.dtype} producer adapters (model.lora.producer_dtype = 'model') shift by "
-            f"rounding; use algorithm.name = 'decoupled_grpo' or "
-            f"model.lora.producer_dtype = 'float32'"
+            f"log-probs, which differ by rounding from the trainer's (model.lora.producer_dtype = "
+            f"{lora.producer_dtype!r}, trainer_dtype = {lora.trainer_dtype!r} on a {m.dtype} model); use "
+            f"algorithm.name = 'decoupled_grpo' or the same dtype for both"
         )
 
 

@@ -9,6 +9,8 @@ import safetensors.torch
 import torch
 from core_helpers import PROMPTS, build_policy, make_recipe, perturb_lora
 
+from unirl_stream.models.lora import peft_forward
+
 
 def test_only_lora_parameters_receive_gradients() -> None:
     policy = build_policy(make_recipe("two_expert", model={"lora": {"experts": ["low"]}},
@@ -84,26 +86,59 @@ def _fused(policy: Any) -> list[Any]:
 
 
 @pytest.mark.timeout(120)
-def test_producer_fused_adapters_match_peft_in_float32() -> None:
+def test_fused_adapters_match_peft_in_float32() -> None:
     producer, trainer = _producer_and_trainer("float32")
     targets = [m for m in producer.experts[0].modules() if hasattr(m, "lora_A")]
-    assert len(_fused(producer)) == 2 * len(targets) > 0 and not _fused(trainer)
+    assert len(_fused(producer)) == len(_fused(trainer)) == 2 * len(targets) > 0
     want = trainer.rollout(PROMPTS[:2], [3, 4])
+    # Both roles run the same fused kernels on the same fp32 weights: the same bits.
     got = producer.rollout(PROMPTS[:2], [3, 4])
-    # Same weights; the accumulate's rounding order may differ by BLAS (measured 0.0 on both
-    # on a 2-core AMD EPYC, where addmm rounds as peft's three kernels do); bound at fp32 noise.
-    assert float((got["latents"] - want["latents"]).abs().max()) < 2e-6
-    assert float((got["log_probs"] - want["log_probs"]).abs().max()) < 5e-5
+    for key in want.keys():
+        assert torch.equal(got[key], want[key]), key
+    with peft_forward(trainer.experts):
+        peft = trainer.rollout(PROMPTS[:2], [3, 4])
+    # The accumulate's rounding order may differ from peft's by BLAS (measured 0.0 on a 2-core
+    # AMD EPYC, where addmm rounds as peft's three kernels do); bound at fp32 noise.
+    assert float((peft["latents"] - want["latents"]).abs().max()) < 2e-6
+    assert float((peft["log_probs"] - want["log_probs"]).abs().max()) < 5e-5
+
+
+def _grads(mod: Any, x: torch.Tensor, forward: Any) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    a, b = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+    a.grad = b.grad = None
+    y = forward(x)
+    (y.double() * torch.linspace(-1, 1, y.numel()).view(y.shape).double()).sum().backward()
+    return [y.detach(), x.grad, a.grad, b.grad]
 
 
 @pytest.mark.timeout(120)
-def test_producer_fused_adapters_in_bfloat16_and_their_fallbacks() -> None:
-    producer, _ = _producer_and_trainer("bfloat16")
-    mod = _fused(producer)[0]
+def test_trainer_fused_adapter_backward_is_peft_s() -> None:
+    """float64: the autograd Function's forward and gradients (x, A, B) are peft's to 1e-12."""
+    _, trainer = _producer_and_trainer("float32")
+    mod = _fused(trainer)[0].double()
+    x = torch.randn(2, 5, mod.in_features, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fused = _grads(mod, x, mod)
+    peft = _grads(mod, x, lambda t: type(mod).forward(mod, t))
+    assert all(float(t.abs().max()) > 0 for t in fused)
+    for got, want in zip(fused, peft, strict=True):
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-12
+    with torch.no_grad():  # the no-grad path is the same arithmetic
+        assert torch.equal(mod(x), fused[0])
+
+
+@pytest.mark.timeout(120)
+def test_fused_adapters_in_bfloat16_and_their_fallbacks() -> None:
+    producer, trainer = _producer_and_trainer("bfloat16")
+    mod, tmod = _fused(producer)[0], _fused(trainer)[0]
+    assert mod.lora_A["default"].weight.dtype == torch.bfloat16
+    assert tmod.lora_A["default"].weight.dtype == torch.float32  # the trainer's masters
     x = torch.randn(2, 7, mod.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    peft_forward = type(mod).forward
+    peft_forward_ = type(mod).forward
     with torch.no_grad():
-        fused, ref = mod(x), peft_forward(mod, x)
+        fused, ref = mod(x), peft_forward_(mod, x)
+        # the trainer's fp32 masters, cast per call, give the producer's bits
+        assert torch.equal(tmod(x), fused)
         exact = (mod.base_layer.weight.double() @ x.double().reshape(-1, x.shape[-1]).T).T
         a, b = mod.lora_A["default"].weight.double(), mod.lora_B["default"].weight.double()
         exact = exact + mod.scaling["default"] * (x.double().reshape(-1, x.shape[-1]) @ a.T @ b.T)
@@ -115,8 +150,14 @@ def test_producer_fused_adapters_in_bfloat16_and_their_fallbacks() -> None:
     # One rounding of the sum instead of peft's three: no worse than peft against float64.
     err = lambda y: float((y.double() - exact).norm() / exact.norm())  # noqa: E731
     assert err(fused) <= err(ref) * 1.05 and err(fused) < 8e-3
-    with torch.enable_grad():  # autograd: peft's own path, bit for bit
-        assert torch.equal(mod(x), peft_forward(mod, x))
+    # Under autograd the trainer's Function: the same forward bits, fp32 gradients into the
+    # masters within bf16 rounding of peft's fp32 adapter path.
+    got = _grads(tmod, x, tmod)
+    want = _grads(tmod, x, lambda t: type(tmod).forward(tmod, t))
+    assert torch.equal(got[0], fused)
+    assert got[2].dtype == got[3].dtype == torch.float32
+    for g, w in zip(got[1:], want[1:], strict=True):  # measured 1.7e-3, 2.8e-3, 2.6e-3 (x, A, B)
+        assert float((g.double() - w.double()).norm() / w.double().norm()) < 1e-2
     mod.enable_adapters(False)  # peft's per-layer switch: the base layer alone
     with torch.no_grad():
         assert torch.equal(mod(x), mod.base_layer(x))

@@ -1,6 +1,7 @@
-"""Producers with bf16 adapters, trainer with fp32 masters: the decoupled objective's clipped
-ratio stays within the clip range at staleness 0, where GRPO's (against the producers'
-log-probs) does not; compilation stays off on CPU."""
+"""Producers with bf16 adapters, trainer with fp32 adapter GEMMs: the decoupled objective's
+clipped ratio stays within the clip range at staleness 0, where GRPO's (against the producers'
+log-probs) does not. With the default, both roles run bf16 adapter GEMMs (the trainer from fp32
+masters): the same numerics, GRPO's ratio stays in range. Compilation stays off on CPU."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from unirl_stream.models.wan22 import Wan22Policy
 CLIP = 1e-4  # the published recipe's clip range
 
 
-def _pair(layout: str) -> tuple[Wan22Policy, Wan22Policy]:
-    recipe = make_recipe(layout, num_inference_steps=6, model={"dtype": "bfloat16"})
+def _pair(layout: str, trainer_dtype: str = "float32") -> tuple[Wan22Policy, Wan22Policy]:
+    recipe = make_recipe(layout, num_inference_steps=6,
+                         model={"dtype": "bfloat16", "lora": {"trainer_dtype": trainer_dtype}})
     producer = Wan22Policy.from_recipe(recipe, device="cpu", role="producer")
     trainer = Wan22Policy.from_recipe(recipe, device="cpu", role="trainer")
     perturb_lora(trainer, scale=0.05)
@@ -49,9 +51,26 @@ def test_decoupled_ratio_within_clip_range_with_bf16_producer_adapters(layout: s
     assert dec.grad_norm > 0
 
 
+@pytest.mark.timeout(120)
+def test_default_trainer_runs_the_producers_numerics() -> None:
+    producer, trainer = _pair("two_expert", trainer_dtype="model")
+    assert {p.dtype for p in trainer.trainable_parameters()} == {torch.float32}  # masters
+    batch = producer.rollout(PROMPTS, [11, 12, 13, 14])
+    batch["advantage"] = group_advantages(torch.tensor([0.1, 0.5, 0.2, 0.9]), ["g"] * 4)
+    with torch.no_grad():
+        gap = (trainer.logprobs(PROMPTS, batch) - batch["log_probs"]).abs()
+    # measured 0.0 (same kernels; only batch shapes differ between rollout and replay)
+    assert float(gap.max()) < CLIP / 10
+    cfg = AlgorithmConfig(micro_batch=2, updates_per_batch=1, clip_range=CLIP)
+    frozen = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)
+    (grpo,) = train_on_batch(trainer, GRPO(cfg), frozen, PROMPTS, batch, cfg)
+    assert grpo.clip_frac == 0.0 and grpo.grad_norm > 0
+    assert {p.grad.dtype for p in trainer.trainable_parameters()} == {torch.float32}
+
+
 def test_producer_float32_option_keeps_the_trainer_numerics() -> None:
     recipe = make_recipe("ti2v", num_inference_steps=4,
-                         model={"dtype": "bfloat16", "lora": {"producer_dtype": "float32"}})
+                         model={"dtype": "bfloat16", "lora": {"producer_dtype": "float32", "trainer_dtype": "float32"}})
     producer = Wan22Policy.from_recipe(recipe, device="cpu", role="producer")
     assert {p.dtype for p in producer.trainable_parameters()} == {torch.float32}
 

@@ -70,9 +70,11 @@ CASES = [
     ("sync_with_staleness", "max_staleness = 1", 'max_staleness = 1\nmode = "sync"', [],
      "pipeline.max_staleness: sync mode is on-policy, expected 0, got 1"),
     ("bad_device", 'device = "cpu"', 'device = "gpu0"', [], "model.device: expected auto, cpu"),
-    ("grpo_with_bf16_producers", 'device = "cpu"', 'device = "cpu"\ndtype = "bfloat16"', [],
-     "algorithm.name: 'grpo' takes its ratio against the producers' log-probs, which bfloat16 producer "
-     "adapters (model.lora.producer_dtype = 'model') shift by rounding; use algorithm.name = 'decoupled_grpo'"),
+    ("grpo_with_bf16_producers_fp32_trainer", 'device = "cpu"\n\n[model.lora]',
+     'device = "cpu"\ndtype = "bfloat16"\n\n[model.lora]\ntrainer_dtype = "float32"', [],
+     "algorithm.name: 'grpo' takes its ratio against the producers' log-probs, which differ by rounding from "
+     "the trainer's (model.lora.producer_dtype = 'model', trainer_dtype = 'float32' on a bfloat16 model); "
+     "use algorithm.name = 'decoupled_grpo' or the same dtype for both"),
     ("unknown_algorithm", 'name = "grpo"', 'name = "ppo"', [],
      "algorithm.name: unknown algorithm plugin 'ppo'; registered: decoupled_grpo, flow_dppo, grpo, nft, refl"),
     ("nft_with_sde_steps", 'name = "grpo"', 'name = "nft"', [],

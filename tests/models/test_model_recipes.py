@@ -24,7 +24,7 @@ def test_sd3_recipe_mirrors_the_reference_flowgrpo_setup() -> None:
     assert (lora.rank, lora.alpha, lora.target_modules) == (32, 64.0, LORA_TARGETS)
     a = r.algorithm
     assert (a.name, a.lr, a.clip_range, a.kl_coef) == ("grpo", 3e-4, 1e-4, 0.0)
-    assert lora.producer_dtype == "float32"  # the documented departure that keeps plain GRPO valid
+    assert lora.producer_dtype == lora.trainer_dtype == "model"  # one numerics: plain GRPO is valid
     assert [x.name for x in r.reward] == ["pickscore"]
     assert len(load_prompts(r.resolve(r.data.prompts))) == 48
 

@@ -57,7 +57,8 @@ class AlgorithmConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str = "grpo"
     """Algorithm plugin (entry point group ``unirl_stream.algorithms``): ``grpo``,
     ``decoupled_grpo`` (AReaL-style: for stale samples, and whenever producers and trainer
-    differ in numerics, i.e. bf16 models with ``model.lora.producer_dtype = "model"``),
+    differ in numerics, i.e. bf16 models whose ``model.lora.producer_dtype`` and
+    ``trainer_dtype`` differ),
     ``flow_dppo``, ``nft`` (DiffusionNFT) or ``refl`` (ReFL / DRaFT-K); docs/algorithms.md."""
     options: dict[str, Any] = {}
     """The algorithm's own settings (its ``Config`` Struct; docs/algorithms.md lists them)."""

@@ -21,7 +21,12 @@ class LoraConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     producer_dtype: Literal["model", "float32"] = "model"
     """Dtype rollout producers run the adapters in (producers never train; each weight load
     rounds the trainer's fp32 masters into it): ``model`` = ``model.dtype`` (bf16 LoRA GEMMs,
-    no fp32 casts of activations), ``float32`` = the trainer's numerics. With ``model`` on a bf16
+    no fp32 casts of activations), ``float32`` = peft's fp32 adapter path."""
+    trainer_dtype: Literal["model", "float32"] = "model"
+    """Dtype of the trainer's adapter GEMMs; its masters, gradients and optimizer state stay
+    fp32 either way. ``model`` = mixed precision (masters cast per call, activations never
+    cast; the producers' numerics when ``producer_dtype`` is ``model`` too), ``float32`` =
+    peft's path (every adapted activation cast to fp32). When the two dtypes differ on a bf16
     model, producer and trainer log-probs differ by rounding: use ``decoupled_grpo``."""
 
 

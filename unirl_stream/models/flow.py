@@ -49,7 +49,7 @@ from unirl_stream.models.lora import (
     EXPERT_NAMES,
     add_lora,
     export_lora,
-    fuse_for_inference,
+    fuse_adapters,
     import_lora,
     lora_parameters,
 )
@@ -73,9 +73,8 @@ class FlowOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     decode_batch: int = 1
     """Samples per VAE decode call (a 480x832x33 decode peaks near 21 GiB; tiny models: more)."""
     tf32: bool = True
-    """On CUDA, let fp32 matmuls use TF32 tensor cores. The trainer's LoRA adapters are fp32
-    master weights (bf16 would round AdamW steps away) and peft runs them as fp32 GEMMs; TF32
-    makes those cheap (producers run them in ``model.lora.producer_dtype``)."""
+    """On CUDA, let fp32 matmuls use TF32 tensor cores (the fp32 adapter GEMMs of
+    ``model.lora.trainer_dtype`` / ``producer_dtype = "float32"``, fp32 models)."""
 
 
 @dataclass
@@ -202,8 +201,8 @@ class FlowPolicy:
         adapter_dtype = self.dtype if role == "producer" and m.lora.producer_dtype == "model" else torch.float32
         for name, model in self.trained.items():
             add_lora(model, m.lora, recipe.run.seed, name, adapter_dtype)
-            if role == "producer":
-                fuse_for_inference(model)
+            if (m.lora.producer_dtype if role == "producer" else m.lora.trainer_dtype) == "model":
+                fuse_adapters(model)
         for mod in (*self._frozen_modules(), *self.experts):
             mod.eval()
             if mod not in self.trained.values():

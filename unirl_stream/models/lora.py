@@ -4,14 +4,17 @@ Experts are named ``high`` (``transformer``, t >= boundary) and ``low`` (``trans
 Exported weights are one safetensors blob holding every trained expert's peft state dict with
 keys prefixed ``<expert>.`` (diffusers' ``save_lora_weights`` only saves the first expert;
 FACTS.md). A trainer keeps adapter weights in fp32 even under a bf16 model: AdamW updates of
-size lr * 1 on bf16 weights would round away (peft casts the input to the adapter's dtype). A
-producer, which never trains, keeps them in the model's dtype: the published fp32 weights are
-rounded once per load instead of every activation being cast to fp32 for two extra GEMMs, and
-``fuse_for_inference`` runs its adapted linears in two GEMMs instead of peft's four kernels.
+size lr * 1 on bf16 weights would round away. A producer, which never trains, keeps them in
+the model's dtype: the published fp32 weights are rounded once per load. ``fuse_adapters``
+runs both roles' adapted linears in the model's dtype, two GEMMs accumulating into the base
+layer's output (the trainer's masters cast per call, its backward an autograd Function),
+where peft casts every activation to the adapter's fp32 and adds through temporaries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from unirl_stream.algorithms.noise import derive_seed
@@ -53,39 +56,43 @@ def add_lora(model: Any, cfg: LoraConfig, seed: int, expert: str, dtype: torch.d
         )
 
 
-def fuse_for_inference(model: Any) -> int:
-    """A producer's adapted linears compute ``y = base(x); y += scale * (x A^T) B^T`` with the
-    second GEMM accumulating into ``y`` (cuBLAS ``beta = 1``), where peft runs B's GEMM into a
-    temporary, a multiply by the scale and an add: three passes over the output less per
-    linear, the adapter's remaining cost at batch sizes past launch-bound (SD3.5-M 512x512 at
-    batch 4: 1.08x plain with peft's path). Only for adapters in the base layer's dtype, and
-    only without autograd in eval mode; anything else (training, disabled or merged adapters, extra
-    arguments) goes through peft's own forward. Returns the number of linears fused."""
+def fuse_adapters(model: Any) -> int:
+    """Route ``model``'s adapted linears through ``_fused_forward``; returns how many.
+
+    ``y = base(x); y += scale * (x A^T) B^T`` with the second GEMM accumulating into ``y``
+    (cuBLAS ``beta = 1``), the adapter weights cast to the activations' dtype (a no-op for a
+    producer, whose adapters already are in it; a trainer's fp32 masters are rounded per call,
+    64 x d elements). peft instead runs B's GEMM into a temporary, multiplies by the scale and
+    adds (SD3.5-M 512x512 at batch 4: 1.08x plain), and casts every activation to the adapter's
+    fp32 for a trainer (TI2V-5B: a rollout step 1.20x plain with fp32 adapters, 1.03x fused).
+    Under autograd ``lora_autograd.LoraLinear`` gives the same forward and its exact backward;
+    anything else (LoRA dropout in train mode, disabled or merged adapters, extra arguments)
+    goes through peft's own forward."""
     from types import MethodType
 
     from peft.tuners.lora.layer import Linear
 
     n = 0
     for mod in model.modules():
-        if (isinstance(mod, Linear) and ADAPTER in mod.lora_A and not mod.lora_variant
-                and mod.lora_A[ADAPTER].weight.dtype == mod.base_layer.weight.dtype):
-            mod.forward = MethodType(_inference_forward, mod)
+        if isinstance(mod, Linear) and ADAPTER in mod.lora_A and not mod.lora_variant:
+            mod.forward = MethodType(_fused_forward, mod)
             n += 1
     return n
 
 
-def _inference_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     import torch
 
-    if (args or kwargs or torch.is_grad_enabled() or self.training or self.disable_adapters or self.merged
-            or self.active_adapters != [ADAPTER] or x.dtype != self.lora_A[ADAPTER].weight.dtype):
+    from unirl_stream.models.lora_autograd import lora_linear
+
+    dropout = self.lora_dropout[ADAPTER]
+    if (args or kwargs or self.disable_adapters or self.merged or self.active_adapters != [ADAPTER]
+            or (self.training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0)
+            or self.base_layer.weight.requires_grad):
         return type(self).forward(self, x, *args, **kwargs)
-    y = self.base_layer(x)
-    h = torch.nn.functional.linear(x, self.lora_A[ADAPTER].weight)
-    # view, not reshape: the in-place accumulate must land in y (a fresh, contiguous output)
-    y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), self.lora_B[ADAPTER].weight.t(),
-                                   alpha=self.scaling[ADAPTER])
-    return y
+    base = self.base_layer
+    return lora_linear(x, base.weight, base.bias, self.lora_A[ADAPTER].weight, self.lora_B[ADAPTER].weight,
+                       self.scaling[ADAPTER])
 
 
 def lora_parameters(model: Any) -> list[torch.nn.Parameter]:
@@ -131,3 +138,16 @@ def import_lora(blob: bytes, experts: dict[str, Any]) -> None:
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"weights blob: unexpected keys for {name}: {unexpected[:3]}")
+
+
+@contextmanager
+def peft_forward(models: Iterable[Any]) -> Iterator[None]:
+    """``models``' adapted linears through peft's own forward while inside (undoes
+    ``fuse_adapters``): what stock diffusers + peft run, for benchmarks' baselines."""
+    fused = [m for model in models for m in model.modules() if "forward" in vars(m)]
+    saved = [vars(m).pop("forward") for m in fused]
+    try:
+        yield
+    finally:
+        for m, f in zip(fused, saved, strict=True):
+            m.forward = f
