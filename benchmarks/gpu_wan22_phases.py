@@ -1,8 +1,10 @@
 """Phases of ``gpu_wan22.py``: each measures one thing and writes its rows at once.
 
 Producer = ``Wan22Policy(role="producer")``: bf16 adapters (``model.lora.producer_dtype``
-"model"), what a rollout worker runs. Trainer = ``role="trainer"``: fp32 adapter masters,
-TF32, gradient checkpointing. The live adapter is the trainer's with every B entry set to
+"model"), what a rollout worker runs. Trainer = ``role="trainer"``: fp32 adapter masters run
+as bf16 GEMMs (``trainer_dtype`` "model", ``lora.fuse_adapters``), gradient checkpointing.
+"peft" rows run the same models through peft's own forward (``lora.peft_forward``): what stock
+diffusers + peft pay, fp32 adapter GEMMs (TF32) for the trainer's masters. The live adapter is the trainer's with every B entry set to
 +-3e-3 (about ten AdamW steps of lr 3e-4 from B = 0), exported and loaded into the producer.
 
 FLOPs are counted from the shapes (matmuls and attention only; 2 per multiply-add). For a
@@ -21,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from unirl_stream.models.lora import peft_forward
 
 PROMPT_TEXT = "a red fox running through snow"
 LIVE_B = 3e-3
@@ -122,7 +126,9 @@ def phase_rollout(ctx: Ctx, producer: Any, trainer: Any) -> dict[str, float]:
     ctx.clock(lambda: producer.rollout([prompt], [1]))
     t_prod, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
     prod_peak = ctx.clock.peak_gib()
-    t_fp32, _ = ctx.clock(lambda: trainer.rollout([prompt], [2]))
+    t_trainer, _ = ctx.clock(lambda: trainer.rollout([prompt], [2]))
+    with peft_forward(producer.experts):
+        t_peft, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
     with producer._adapters_disabled():
         t_bare, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
     producer.decode = real_decode
@@ -139,13 +145,15 @@ def phase_rollout(ctx: Ctx, producer: Any, trainer: Any) -> dict[str, float]:
         ("sampler_bf16_lora_s", t_prod, "s"), ("sampler_bf16_lora_peak", prod_peak, "GiB"),
         ("sampler_bf16_lora_over_plain", t_prod / t_plain, "ratio"),
         ("sampler_bf16_lora_tflops", lora_fl / t_prod / 1e12, "TFLOP/s"),
-        ("sampler_fp32_lora_over_plain", t_fp32 / t_plain, "ratio"),
+        ("sampler_trainer_lora_over_plain", t_trainer / t_plain, "ratio"),
+        ("sampler_peft_bf16_lora_over_plain", t_peft / t_plain, "ratio"),
         ("sampler_no_lora_over_plain", t_bare / t_plain, "ratio"),
         ("vae_decode_s", t_dec, "s"), ("vae_decode_peak", dec_peak, "GiB"),
     ]:
         ctx.rows.add(c, metric, v, unit)
     print(f"[{c['layout']}] plain {t_plain:.2f}s  producer bf16 LoRA {t_prod:.2f}s ({t_prod / t_plain:.3f}x)  "
-          f"fp32 LoRA {t_fp32 / t_plain:.3f}x  no LoRA {t_bare / t_plain:.3f}x  decode {t_dec:.2f}s", flush=True)
+          f"peft bf16 LoRA {t_peft / t_plain:.3f}x  trainer {t_trainer / t_plain:.3f}x  no LoRA {t_bare / t_plain:.3f}x  "
+          f"decode {t_dec:.2f}s", flush=True)
     return {"plain": t_plain, "rollout": t_prod, "decode": t_dec, "plain_flops": base_fl, "lora_flops": lora_fl}
 
 
@@ -169,16 +177,19 @@ def _gap(ctx: Ctx, name: str, replayed: Any, recorded: Any) -> Any:
 
 
 def phase_mismatch(ctx: Ctx, producer: Any, trainer: Any) -> Any:
-    """|producer - trainer| log-prob per SDE step at the same weights (bf16 vs fp32 adapters),
-    next to the trainer replaying its own fp32 rollout (batch-shape rounding only)."""
+    """|producer - trainer| log-prob per SDE step at the same weights: the default trainer (bf16
+    adapter GEMMs from fp32 masters), and peft's fp32 adapter path (``trainer_dtype`` float32),
+    next to the trainer replaying its own rollout (batch-shape rounding only)."""
     import torch
 
     prompt = _prompt()
     td = producer.rollout([prompt], [7])
-    td32 = trainer.rollout([prompt], [7])
+    td_own = trainer.rollout([prompt], [7])
     with torch.no_grad():
         _gap(ctx, "bf16_producer", trainer.logprobs([prompt], td), td["log_probs"])
-        _gap(ctx, "fp32_producer", trainer.logprobs([prompt], td32), td32["log_probs"])
+        with peft_forward(trainer.experts):
+            _gap(ctx, "bf16_producer_fp32_trainer", trainer.logprobs([prompt], td), td["log_probs"])
+        _gap(ctx, "own_rollout", trainer.logprobs([prompt], td_own), td_own["log_probs"])
     td["advantage"] = torch.ones(1)
     return td
 
@@ -252,9 +263,12 @@ def _timed_pair(ctx: Ctx, step: Any, reps: int) -> float:
 
 
 def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
-    """Bare pair vs our replay of one sample: ``grpo``'s update (no proximal pass), and the
+    """Bare pairs vs our replay of one sample: ``grpo``'s update (no proximal pass), and the
     proximal pass that ``decoupled_grpo`` adds before its updates (timed alone: the two
-    objectives' updates cost the same); per SDE step, peak memory."""
+    objectives' updates cost the same); per SDE step, peak memory. Two bare pairs, each timed
+    over as many calls as the replay has SDE steps (the same stretch of sustained load): the
+    stock one (the same model through peft's own forward: fp32 adapter GEMMs from the masters)
+    and ours (the trainer's fused adapters: what replay adds to it is our overhead alone)."""
     import torch
 
     from unirl_stream.algorithms.losses import GRPO
@@ -262,10 +276,15 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
 
     alg, prompt = trainer.recipe.algorithm, _prompt()
     k = int(td["sde_steps"].shape[1])
+    reps = 1 if ctx.a.tiny else k
     opt = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)  # keep the live adapter
-    t_pair = _timed_pair(ctx, bare_pair(trainer), 1 if ctx.a.tiny else 3)
-    pair_peak = ctx.clock.peak_gib()
-    out = {"pair": t_pair}
+    out: dict[str, float] = {}
+    if tag == "eager":  # compiled blocks would recompile for peft's forward: the stock pair is eager
+        with peft_forward(trainer.experts):
+            out["stock_pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
+            out["stock_pair_peak"] = ctx.clock.peak_gib()
+    out["pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
+    out["pair_peak"] = ctx.clock.peak_gib()
     for name, run in (("grpo", lambda: train_on_batch(trainer, GRPO(alg), opt, [prompt], td, alg)),
                       ("proximal", lambda: batch_logprobs(trainer, [prompt], td, alg.micro_batch))):
         out[name + "_first"], _ = ctx.clock(run)
@@ -274,24 +293,36 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
         out[name], _ = ctx.clock(run)
         out[name + "_peak"] = ctx.clock.peak_gib()
     out["decoupled"] = out["grpo"] + out["proximal"]
+    _replay_rows(ctx, trainer, out, k, tag)
+    return out
+
+
+def _replay_rows(ctx: Ctx, trainer: Any, out: dict[str, float], k: int, tag: str) -> None:
     rows = 2 if trainer.guidance[0] > 1 else 1
     fl = step_flops(ctx.lay, _tokens(trainer), trainer.recipe.model.max_sequence_length, 64, True)["fwd_bwd"] * rows
     c = {**ctx.cfg, "sde_steps": k, "compile": tag}
-    for metric, v, unit in [
-        ("bare_pair_fwd_bwd_ckpt_s", t_pair, "s"), ("bare_pair_peak", pair_peak, "GiB"),
-        ("bare_pair_tflops", fl / t_pair / 1e12, "TFLOP/s"),
+    step = out["grpo"] / k
+    table = [
+        ("bare_pair_fwd_bwd_ckpt_s", out["pair"], "s"), ("bare_pair_peak", out["pair_peak"], "GiB"),
+        ("bare_pair_tflops", fl / out["pair"] / 1e12, "TFLOP/s"),
         ("replay_grpo_per_sample_s", out["grpo"], "s"), ("replay_grpo_peak", out["grpo_peak"], "GiB"),
-        ("replay_grpo_per_step_over_pair", out["grpo"] / k / t_pair, "ratio"),
+        ("replay_grpo_per_step_over_pair", step / out["pair"], "ratio"),
         ("replay_grpo_tflops", fl * k / out["grpo"] / 1e12, "TFLOP/s"),
         ("proximal_pass_s", out["proximal"], "s"), ("proximal_pass_peak", out["proximal_peak"], "GiB"),
-    ]:
+    ]
+    if "stock_pair" in out:
+        table += [("stock_pair_fwd_bwd_ckpt_s", out["stock_pair"], "s"),
+                  ("stock_pair_peak", out["stock_pair_peak"], "GiB"),
+                  ("stock_pair_tflops", fl / out["stock_pair"] / 1e12, "TFLOP/s"),
+                  ("replay_grpo_per_step_over_stock_pair", step / out["stock_pair"], "ratio")]
+    else:
+        table.append(("replay_first_call_s", out["grpo_first"], "s"))
+    for metric, v, unit in table:
         ctx.rows.add(c, metric, v, unit)
-    if tag != "eager":
-        ctx.rows.add(c, "replay_first_call_s", out["grpo_first"], "s")
-    print(f"[{ctx.cfg['layout']} {tag}] bare pair {t_pair:.3f}s; replay grpo {out['grpo']:.2f}s = "
-          f"{out['grpo'] / k:.3f}s/step ({out['grpo'] / k / t_pair:.3f}x pair), proximal pass "
+    stock = f", stock pair {out['stock_pair']:.3f}s ({step / out['stock_pair']:.3f}x)" if "stock_pair" in out else ""
+    print(f"[{ctx.cfg['layout']} {tag}] bare pair {out['pair']:.3f}s{stock}; replay grpo {out['grpo']:.2f}s = "
+          f"{step:.3f}s/step ({step / out['pair']:.3f}x pair), proximal pass "
           f"{out['proximal']:.2f}s, peak {out['grpo_peak']:.1f} GiB", flush=True)
-    return out
 
 
 def first_step(policy: Any) -> Any:
@@ -335,8 +366,9 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
     _gap(ctx, "compiled_vs_eager_producer", td_c["log_probs"], td["log_probs"])
     compile_experts(trainer.experts, m, trainer.device.type)
     rep = phase_replay(ctx, trainer, td, "regional")
-    ctx.rows.add(c, "replay_compiled_per_step_over_eager_pair", rep["grpo"] / int(td["sde_steps"].shape[1])
-                 / eager["pair"], "ratio")
+    step = rep["grpo"] / int(td["sde_steps"].shape[1])
+    ctx.rows.add(c, "replay_compiled_per_step_over_eager_pair", step / eager["pair"], "ratio")
+    ctx.rows.add(c, "replay_compiled_per_step_over_eager_stock_pair", step / eager["stock_pair"], "ratio")
     with torch.no_grad():  # what a compiled deployment sees: compiled trainer vs compiled producer
         _gap(ctx, "compiled_bf16_producer", trainer.logprobs([_prompt()], td_c), td_c["log_probs"])
     from torch._dynamo.utils import counters
@@ -392,7 +424,7 @@ def run_layout(ctx: Ctx) -> None:
     td = phase_mismatch(ctx, producer, trainer)
     reward = phase_reward(ctx) if "reward" not in skip else 0.0
     rep = phase_replay(ctx, trainer, td, "eager")
-    eager["pair"] = rep["pair"]
+    eager["pair"], eager["stock_pair"] = rep["pair"], rep["stock_pair"]
     k = int(td["sde_steps"].shape[1])
     times = {"rollout": eager["rollout"], "decode": eager["decode"], "reward": reward,
              "replay": rep["decoupled"], "update": rep["grpo"], "proximal": rep["proximal"]}
