@@ -3,8 +3,10 @@
 Producer = ``Wan22Policy(role="producer")``: bf16 adapters (``model.lora.producer_dtype``
 "model"), what a rollout worker runs. Trainer = ``role="trainer"``: fp32 adapter masters run
 as bf16 GEMMs (``trainer_dtype`` "model", ``lora.fuse_adapters``), gradient checkpointing.
-"peft" rows run the same models through peft's own forward (``lora.peft_forward``): what stock
-diffusers + peft pay, fp32 adapter GEMMs (TF32) for the trainer's masters. The live adapter is the trainer's with every B entry set to
+"peft" and "stock" rows run the same models through peft's own forward (``lora.peft_forward``)
+and diffusers' default attention (``attention.stock_attention``; ours: cuDNN's, the Wan
+default on CUDA): what stock diffusers + peft pay, fp32 adapter GEMMs (TF32) for the
+trainer's masters. Plain ``WanPipeline`` runs with stock attention too. The live adapter is the trainer's with every B entry set to
 +-3e-3 (about ten AdamW steps of lr 3e-4 from B = 0), exported and loaded into the producer.
 
 FLOPs are counted from the shapes (matmuls and attention only; 2 per multiply-add). For a
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unirl_stream.models.attention import stock_attention
 from unirl_stream.models.lora import peft_forward
 
 PROMPT_TEXT = "a red fox running through snow"
@@ -112,7 +115,7 @@ def phase_rollout(ctx: Ctx, producer: Any, trainer: Any) -> dict[str, float]:
     gen = torch.Generator("cpu").manual_seed(0)
 
     def plain() -> Any:
-        with producer._adapters_disabled():
+        with producer._adapters_disabled(), stock_attention(producer.experts):
             return producer.pipeline(prompt=prompt.text, negative_prompt="", height=a.height, width=a.width,
                                      num_frames=a.frames, num_inference_steps=a.steps,
                                      guidance_scale=lay["guidance"], output_type="latent", generator=gen).frames
@@ -127,7 +130,7 @@ def phase_rollout(ctx: Ctx, producer: Any, trainer: Any) -> dict[str, float]:
     t_prod, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
     prod_peak = ctx.clock.peak_gib()
     t_trainer, _ = ctx.clock(lambda: trainer.rollout([prompt], [2]))
-    with peft_forward(producer.experts):
+    with peft_forward(producer.experts), stock_attention(producer.experts):
         t_peft, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
     with producer._adapters_disabled():
         t_bare, _ = ctx.clock(lambda: producer.rollout([prompt], [2]))
@@ -256,6 +259,17 @@ def bare_pair(trainer: Any) -> Any:
     return step
 
 
+def sm_clock_mhz() -> float:
+    """The GPU's SM clock now (NVML), 0 where there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return float(pynvml.nvmlDeviceGetClockInfo(pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.NVML_CLOCK_SM))
+    except Exception:  # noqa: BLE001 - no NVML (CPU dry run): the row reads 0
+        return 0.0
+
+
 def _timed_pair(ctx: Ctx, step: Any, reps: int) -> float:
     step()
     t, _ = ctx.clock(lambda: [step() for _ in range(reps)])
@@ -280,11 +294,13 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
     opt = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)  # keep the live adapter
     out: dict[str, float] = {}
     if tag == "eager":  # compiled blocks would recompile for peft's forward: the stock pair is eager
-        with peft_forward(trainer.experts):
+        with peft_forward(trainer.experts), stock_attention(trainer.experts):
             out["stock_pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
             out["stock_pair_peak"] = ctx.clock.peak_gib()
-    out["pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
+    pair = bare_pair(trainer)
+    out["pair_before"] = _timed_pair(ctx, pair, reps)
     out["pair_peak"] = ctx.clock.peak_gib()
+    out["clock_before"] = sm_clock_mhz()
     for name, run in (("grpo", lambda: train_on_batch(trainer, GRPO(alg), opt, [prompt], td, alg)),
                       ("proximal", lambda: batch_logprobs(trainer, [prompt], td, alg.micro_batch))):
         out[name + "_first"], _ = ctx.clock(run)
@@ -292,6 +308,10 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
             run()
         out[name], _ = ctx.clock(run)
         out[name + "_peak"] = ctx.clock.peak_gib()
+        if name == "grpo":  # the pair again right after: sustained load lowers clocks over time
+            out["clock_after"] = sm_clock_mhz()
+            out["pair_after"] = _timed_pair(ctx, pair, reps)
+    out["pair"] = (out["pair_before"] + out["pair_after"]) / 2
     out["decoupled"] = out["grpo"] + out["proximal"]
     _replay_rows(ctx, trainer, out, k, tag)
     return out
@@ -304,6 +324,8 @@ def _replay_rows(ctx: Ctx, trainer: Any, out: dict[str, float], k: int, tag: str
     step = out["grpo"] / k
     table = [
         ("bare_pair_fwd_bwd_ckpt_s", out["pair"], "s"), ("bare_pair_peak", out["pair_peak"], "GiB"),
+        ("bare_pair_before_replay_s", out["pair_before"], "s"), ("bare_pair_after_replay_s", out["pair_after"], "s"),
+        ("sm_clock_before_replay", out["clock_before"], "MHz"), ("sm_clock_after_replay", out["clock_after"], "MHz"),
         ("bare_pair_tflops", fl / out["pair"] / 1e12, "TFLOP/s"),
         ("replay_grpo_per_sample_s", out["grpo"], "s"), ("replay_grpo_peak", out["grpo_peak"], "GiB"),
         ("replay_grpo_per_step_over_pair", step / out["pair"], "ratio"),
@@ -320,7 +342,8 @@ def _replay_rows(ctx: Ctx, trainer: Any, out: dict[str, float], k: int, tag: str
     for metric, v, unit in table:
         ctx.rows.add(c, metric, v, unit)
     stock = f", stock pair {out['stock_pair']:.3f}s ({step / out['stock_pair']:.3f}x)" if "stock_pair" in out else ""
-    print(f"[{ctx.cfg['layout']} {tag}] bare pair {out['pair']:.3f}s{stock}; replay grpo {out['grpo']:.2f}s = "
+    print(f"[{ctx.cfg['layout']} {tag}] bare pair {out['pair']:.3f}s (before replay {out['pair_before']:.3f}s at "
+          f"{out['clock_before']:.0f} MHz, after {out['pair_after']:.3f}s at {out['clock_after']:.0f} MHz){stock}; replay grpo {out['grpo']:.2f}s = "
           f"{step:.3f}s/step ({step / out['pair']:.3f}x pair), proximal pass "
           f"{out['proximal']:.2f}s, peak {out['grpo_peak']:.1f} GiB", flush=True)
 
@@ -346,7 +369,8 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
     from unirl_stream.models.compile import compile_experts
 
     m = msgspec.structs.replace(producer.recipe.model, compile="regional")
-    compile_experts(producer.experts, m, producer.device.type)
+    producer.compiled = compile_experts(producer.experts, m, producer.device.type)
+    producer.graphs = None  # as a producer built compiled runs (graphs replay eager kernels)
     t_first, _ = ctx.clock(lambda: first_step(producer))
     t_first_roll, _ = ctx.clock(lambda: producer.rollout([_prompt()], [1]))
     t_roll, _ = ctx.clock(lambda: producer.rollout([_prompt()], [2]))
@@ -364,7 +388,7 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
           f"({t_roll / eager['plain']:.3f}x plain, {tf:.0f} TFLOP/s = {frac:.2f} of roof)", flush=True)
     td_c = producer.rollout([_prompt()], [7])  # the eager producer's sample, now compiled
     _gap(ctx, "compiled_vs_eager_producer", td_c["log_probs"], td["log_probs"])
-    compile_experts(trainer.experts, m, trainer.device.type)
+    trainer.compiled = compile_experts(trainer.experts, m, trainer.device.type)
     rep = phase_replay(ctx, trainer, td, "regional")
     step = rep["grpo"] / int(td["sde_steps"].shape[1])
     ctx.rows.add(c, "replay_compiled_per_step_over_eager_pair", step / eager["pair"], "ratio")

@@ -117,6 +117,11 @@ def _check_model(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}"
         )
+    if m.attention == "cudnn" and (m.dtype == "float32" or m.device == "cpu"):
+        raise UserInputError(
+            f"{where}: model.attention: 'cudnn' runs bfloat16/float16 models on CUDA only (model.dtype "
+            f"{m.dtype!r}, model.device {m.device!r}); use 'auto' or 'native'"
+        )
     lora = m.lora
     if lora.enabled and not lora.target_modules:
         raise UserInputError(f"{where}: model.lora.target_modules: empty list with LoRA enabled")

@@ -70,6 +70,9 @@ CASES = [
     ("sync_with_staleness", "max_staleness = 1", 'max_staleness = 1\nmode = "sync"', [],
      "pipeline.max_staleness: sync mode is on-policy, expected 0, got 1"),
     ("bad_device", 'device = "cpu"', 'device = "gpu0"', [], "model.device: expected auto, cpu"),
+    ("cudnn_attention_on_cpu", 'device = "cpu"', 'device = "cpu"\nattention = "cudnn"', [],
+     "model.attention: 'cudnn' runs bfloat16/float16 models on CUDA only (model.dtype 'float32', model.device "
+     "'cpu'); use 'auto' or 'native'"),
     ("grpo_with_bf16_producers_fp32_trainer", 'device = "cpu"\n\n[model.lora]',
      'device = "cpu"\ndtype = "bfloat16"\n\n[model.lora]\ntrainer_dtype = "float32"', [],
      "algorithm.name: 'grpo' takes its ratio against the producers' log-probs, which differ by rounding from "

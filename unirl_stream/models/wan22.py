@@ -69,6 +69,7 @@ class Wan22Policy(FlowPolicy):
 
     Config = Wan22Options
     family = "wan22"
+    attention_auto = "cudnn"  # benchmarks/attention_backends.py: 1.3-1.7x flash at 480x832x33
     card = {
         "layouts": "Wan2.2 T2V-A14B (two experts, boundary 0.875; `tiny:two_expert`), TI2V-5B "
                    "(48 channels, a timestep per token; `tiny:ti2v`), Wan2.1 (one transformer, 16 "

@@ -1,0 +1,58 @@
+"""The attention kernel of the transformers' attention layers (``model.attention``).
+
+Measured on one H200 (``benchmarks/attention_backends.py``, bf16, head dim 128): cuDNN's
+fused attention against SDPA's default choice (flash) at Wan2.2's 480x832x33 shapes, forward
+1.28x (TI2V-5B, 2 x 3 510 tokens) and 1.53x (A14B, 14 040 tokens) faster, forward + backward
+1.67x and 1.62x. ``auto`` takes the plugin's measured choice on CUDA (``FlowPolicy.
+attention_auto``: cudnn for Wan2.2, native for models not measured) and native elsewhere.
+
+The backend is set on each attention processor of our transformers, not through diffusers'
+``set_attention_backend``, which also switches the process-wide default (any other diffusers
+model in the process, a reward model or a plain pipeline, would change kernels with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BACKENDS = {"native": None, "cudnn": "_native_cudnn"}
+
+
+def resolve(choice: str, device_type: str, dtype: str, plugin_auto: str) -> str:
+    """``native`` or ``cudnn`` (``auto``: the plugin's choice on CUDA in half precision)."""
+    if choice == "auto":
+        return plugin_auto if device_type == "cuda" and dtype != "float32" else "native"
+    return choice
+
+
+def _processors(models: Iterable[Any]) -> list[Any]:
+    return [m.processor for model in models for m in model.modules()
+            if hasattr(getattr(m, "processor", None), "_attention_backend")]
+
+
+def set_backend(models: Iterable[Any], name: str) -> int:
+    """Route ``models``' attention processors to backend ``name``; returns how many."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    value = BACKENDS[name]
+    backend = None if value is None else AttentionBackendName(value)
+    procs = _processors(models)
+    for proc in procs:
+        proc._attention_backend = backend
+    return len(procs)
+
+
+@contextmanager
+def stock_attention(models: Iterable[Any]) -> Iterator[None]:
+    """``models``' attention through diffusers' default while inside (benchmarks' baselines)."""
+    procs = _processors(models)
+    saved = [p._attention_backend for p in procs]
+    try:
+        for p in procs:
+            p._attention_backend = None
+        yield
+    finally:
+        for p, b in zip(procs, saved, strict=True):
+            p._attention_backend = b
