@@ -3,12 +3,13 @@
 Shapes (bf16, head dim 128, 480x832x33):
   ti2v  TI2V-5B: 2 sequences (the CFG pair) of 3 510 tokens, 24 heads
   a14b  T2V-A14B: 1 sequence (guidance 1) of 14 040 tokens, 40 heads
+  *_x   their cross-attention: the same queries against 512 text tokens
 
 Backends: flash (what plain diffusers gets from SDPA's default order), cudnn, efficient.
 Forward, and forward + backward (the replay's, gradients into q, k, v), in diffusers' layout
 [B, S, H, D] permuted to [B, H, S, D] as its native processor does (cudnn: made contiguous, as
-diffusers' ``_native_cudnn`` does). TFLOP/s counts 4 S^2 H D per sequence forward, 2.5x that
-forward + backward.
+diffusers' ``_native_cudnn`` does). TFLOP/s counts 4 S L H D per sequence forward (L keys),
+2.5x that forward + backward.
 
 Usage: python benchmarks/attention_backends.py [--out DIR] [--reps N]
 """
@@ -23,7 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from rows import Rows  # noqa: E402
 
-SHAPES = {"ti2v": (2, 3510, 24), "a14b": (1, 14040, 40)}
+SHAPES = {"ti2v": (2, 3510, 24, 3510), "a14b": (1, 14040, 40, 14040),
+          "ti2v_x": (2, 3510, 24, 512), "a14b_x": (1, 14040, 40, 512)}
 BACKENDS = ("flash", "cudnn", "efficient")
 
 
@@ -63,15 +65,15 @@ def main() -> None:
     a = ap.parse_args()
     rows = Rows("attention_backends", Path(a.out) / "attention_backends.jsonl")
     base = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "head_dim": 128, "dtype": "bfloat16"}
-    for layout, (b, s, h) in SHAPES.items():
+    for layout, (b, s, h, keys) in SHAPES.items():
         g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(b, s, h, 128, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
-                   for _ in range(3))
+        q, k, v = (torch.randn(b, n, h, 128, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+                   for n in (s, keys, keys))
         gy = torch.randn(b, s, h, 128, generator=g, device="cuda", dtype=torch.bfloat16)
-        flops = 4 * b * s * s * h * 128
+        flops = 4 * b * s * keys * h * 128
         ref = attention("flash", q, k, v).detach().float()
         for backend in BACKENDS:
-            cfg = {**base, "layout": layout, "batch": b, "tokens": s, "heads": h, "backend": backend}
+            cfg = {**base, "layout": layout, "batch": b, "tokens": s, "keys": keys, "heads": h, "backend": backend}
             try:
                 with torch.no_grad():
                     err = float((attention(backend, q, k, v).float() - ref).abs().max())

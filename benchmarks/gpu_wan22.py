@@ -17,8 +17,8 @@ steps in timestep fraction [0, 0.6) (12 of 20). Phases (``gpu_wan22_phases.py``)
 rows as soon as measured: matmul roof, plain ``WanPipeline``, our producer (bf16 adapters)
 and trainer (fp32 adapters) eager, the producer/trainer log-prob gap, decode, reward, a bare forward+backward with checkpointing, replay (grpo, and decoupled with its
 proximal pass), regional compilation of producer and trainer, and a second process starting
-on the warm compile cache. Per-sample stage costs for the planner go to
-``wan22_stage_costs.jsonl``.
+on the warm compile cache, the attention-kernel ablation (``gpu_wan22_attention.py``).
+Per-sample stage costs for the planner go to ``wan22_stage_costs.jsonl``.
 
 Usage: python benchmarks/gpu_wan22.py [--layouts ti2v a14b] [--out DIR] [--skip PHASE ...]
        python benchmarks/gpu_wan22.py --tiny     (CPU dry run of every code path)
@@ -201,7 +201,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="CPU dry run with tiny models")
     ap.add_argument("--layouts", nargs="*", default=["ti2v", "a14b"], choices=sorted(LAYOUTS))
     ap.add_argument("--a14b-blocks", type=int, default=4, help="blocks per A14B expert (of 40)")
-    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: compile, warm, reward")
+    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip: compile, warm, reward, attention")
+    ap.add_argument("--profile", default=None, choices=sorted(LAYOUTS), help="profile replay vs pair in this layout")
     ap.add_argument("--cache", default=None, help="compile cache directory (default: a temporary one)")
     ap.add_argument("--warm-start", default=None, help=argparse.SUPPRESS)  # child process: model dir
     ap.add_argument("--layout", default="ti2v", help=argparse.SUPPRESS)

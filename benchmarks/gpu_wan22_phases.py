@@ -437,6 +437,8 @@ def stage_costs(ctx: Ctx, k: int, times: dict[str, float], compiled: bool) -> No
 
 def run_layout(ctx: Ctx) -> None:
     import torch._dynamo
+    from gpu_wan22_attention import phase_attention
+    from gpu_wan22_profile import phase_profile
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # the previous layout's graphs would count against the recompile limit
@@ -452,8 +454,14 @@ def run_layout(ctx: Ctx) -> None:
     k = int(td["sde_steps"].shape[1])
     times = {"rollout": eager["rollout"], "decode": eager["decode"], "reward": reward,
              "replay": rep["decoupled"], "update": rep["grpo"], "proximal": rep["proximal"]}
+    if ctx.a.profile == ctx.cfg["layout"]:
+        phase_profile(ctx, trainer, td)
+    if "attention" not in skip:
+        phase_attention(ctx, producer, eager["plain"], compiled=False)
     if "compile" not in skip:
         comp = phase_compile(ctx, producer, trainer, eager, td)
+        if "attention" not in skip:  # last: it resets dynamo (the trainer's graphs too)
+            phase_attention(ctx, producer, eager["plain"], compiled=True)
         times.update(rollout=comp["rollout"], replay=comp["replay_decoupled"], update=comp["replay_grpo"],
                      proximal=comp["replay_proximal"])
         if "warm" not in skip:

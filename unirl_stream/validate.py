@@ -117,9 +117,9 @@ def _check_model(recipe: Recipe, where: str) -> None:
         raise UserInputError(
             f"{where}: model.device: expected auto, cpu, cuda or cuda:N, got {m.device!r}"
         )
-    if m.attention == "cudnn" and (m.dtype == "float32" or m.device == "cpu"):
+    if m.attention.startswith("cudnn") and (m.dtype == "float32" or m.device == "cpu"):
         raise UserInputError(
-            f"{where}: model.attention: 'cudnn' runs bfloat16/float16 models on CUDA only (model.dtype "
+            f"{where}: model.attention: {m.attention!r} runs bfloat16/float16 models on CUDA only (model.dtype "
             f"{m.dtype!r}, model.device {m.device!r}); use 'auto' or 'native'"
         )
     lora = m.lora

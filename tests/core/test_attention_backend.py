@@ -30,5 +30,11 @@ def test_backend_is_set_on_our_processors_not_process_wide() -> None:
     with stock_attention(policy.experts):
         assert {p._attention_backend for p in procs} == {None}
     assert {p._attention_backend for p in procs} == {AttentionBackendName._NATIVE_CUDNN}
+    assert set_backend(policy.experts, "cudnn_self") == n_blocks
+    cross = [b.attn2.processor for e in policy.experts for b in e.blocks]
+    assert {p._attention_backend for p in procs} == {AttentionBackendName._NATIVE_CUDNN}
+    assert {p._attention_backend for p in cross} == {None}
+    assert set_backend(policy.experts, "native") == 0
+    assert {p._attention_backend for p in procs + cross} == {None}
     with pytest.raises(Exception, match="needs a CUDA device"):
         build_policy(make_recipe("two_expert", model={"attention": "cudnn", "dtype": "bfloat16"}))

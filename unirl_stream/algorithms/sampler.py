@@ -121,7 +121,15 @@ def sample(
 
 
 def _to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A host tensor on ``device`` without waiting for the device (an asynchronous copy)."""
+    """A host tensor on ``device`` without waiting for the device (an asynchronous copy).
+
+    To CUDA through pinned memory: from pageable memory the driver may stage the copy by
+    waiting for the stream (everything queued before it), which would stall the host once per
+    replayed step; torch's pinned allocator keeps the staging block alive until the copy ran."""
+    import torch
+
+    if t.device.type == "cpu" and torch.device(device).type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
     return t.to(device, non_blocking=True)
 
 

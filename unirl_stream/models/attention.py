@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-BACKENDS = {"native": None, "cudnn": "_native_cudnn"}
+BACKENDS = ("native", "cudnn", "cudnn_self")
 
 
 def resolve(choice: str, device_type: str, dtype: str, plugin_auto: str) -> str:
@@ -27,20 +27,27 @@ def resolve(choice: str, device_type: str, dtype: str, plugin_auto: str) -> str:
     return choice
 
 
-def _processors(models: Iterable[Any]) -> list[Any]:
+def _processors(models: Iterable[Any], self_only: bool = False) -> list[Any]:
     return [m.processor for model in models for m in model.modules()
-            if hasattr(getattr(m, "processor", None), "_attention_backend")]
+            if hasattr(getattr(m, "processor", None), "_attention_backend")
+            and not (self_only and getattr(m, "is_cross_attention", False))]
 
 
 def set_backend(models: Iterable[Any], name: str) -> int:
-    """Route ``models``' attention processors to backend ``name``; returns how many."""
+    """Route ``models``' attention processors to backend ``name`` (``cudnn_self``: the
+    self-attention layers only, cross-attention on the default); returns how many use cuDNN."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    value = BACKENDS[name]
-    backend = None if value is None else AttentionBackendName(value)
-    procs = _processors(models)
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r}: expected one of {BACKENDS}")
+    models = list(models)
+    for proc in _processors(models):
+        proc._attention_backend = None
+    if name == "native":
+        return 0
+    procs = _processors(models, self_only=name == "cudnn_self")
     for proc in procs:
-        proc._attention_backend = backend
+        proc._attention_backend = AttentionBackendName._NATIVE_CUDNN
     return len(procs)
 
 

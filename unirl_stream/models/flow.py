@@ -215,8 +215,9 @@ class FlowPolicy:
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
         self.attention = resolve_attention(m.attention, self.device.type, m.dtype, self.attention_auto)
-        if self.attention == "cudnn" and self.device.type != "cuda":
-            raise UserInputError(f"model.attention = 'cudnn' needs a CUDA device, this policy runs on {self.device}")
+        if self.attention != "native" and self.device.type != "cuda":
+            raise UserInputError(f"model.attention = {self.attention!r} needs a CUDA device, this policy runs on "
+                                 f"{self.device}")
         set_attention(self.experts, self.attention)
         self.compiled = compile_experts(self.experts, m, self.device.type)
         self.graphs = GraphedCalls(self._forward) if role == "producer" and self._use_graphs() else None
