@@ -56,6 +56,17 @@ def attention(backend: str, q: Any, k: Any, v: Any) -> Any:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v).permute(0, 2, 1, 3)
 
 
+def measure(backend: str, qkv: tuple[Any, Any, Any], gy: Any, ref: Any, reps: int) -> tuple[float, float, float]:
+    """(max |out - flash|, forward s, forward + backward s) of one backend."""
+    import torch
+
+    with torch.no_grad():
+        err = float((attention(backend, *qkv).float() - ref).abs().max())
+        t_f = timed(lambda: attention(backend, *qkv), reps)
+    t_fb = timed(lambda: torch.autograd.grad(attention(backend, *qkv), qkv, gy), reps)
+    return err, t_f, t_fb
+
+
 def main() -> None:
     import torch
 
@@ -67,18 +78,15 @@ def main() -> None:
     base = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "head_dim": 128, "dtype": "bfloat16"}
     for layout, (b, s, h, keys) in SHAPES.items():
         g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(b, n, h, 128, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
-                   for n in (s, keys, keys))
+        qkv = tuple(torch.randn(b, n, h, 128, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_(True)
+                    for n in (s, keys, keys))
         gy = torch.randn(b, s, h, 128, generator=g, device="cuda", dtype=torch.bfloat16)
         flops = 4 * b * s * keys * h * 128
-        ref = attention("flash", q, k, v).detach().float()
+        ref = attention("flash", *qkv).detach().float()
         for backend in BACKENDS:
             cfg = {**base, "layout": layout, "batch": b, "tokens": s, "keys": keys, "heads": h, "backend": backend}
             try:
-                with torch.no_grad():
-                    err = float((attention(backend, q, k, v).float() - ref).abs().max())
-                    t_f = timed(lambda be=backend: attention(be, q, k, v), a.reps)
-                t_fb = timed(lambda be=backend: torch.autograd.grad(attention(be, q, k, v), (q, k, v), gy), a.reps)
+                err, t_f, t_fb = measure(backend, qkv, gy, ref, a.reps)
             except RuntimeError as e:  # a backend that refuses these shapes
                 rows.add({**cfg, "error": str(e)[:200]}, "unsupported", 1.0, "flag")
                 print(f"[{layout}] {backend}: unsupported ({str(e)[:80]})", flush=True)

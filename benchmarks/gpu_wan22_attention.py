@@ -15,7 +15,6 @@ VARIANTS = ("native", "cudnn", "cudnn_self")
 
 def phase_attention(ctx: Any, producer: Any, plain_s: float, compiled: bool) -> None:
     import torch
-
     from gpu_wan22_phases import _prompt, first_step
 
     from unirl_stream.models.attention import set_backend

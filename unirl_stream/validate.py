@@ -42,8 +42,11 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
     _check_plugins(recipe, where)
     check_differentiable(recipe, where)  # algorithm.name = "refl": every reward differentiable
     _check_model(recipe, where)
-    _check_numerics(recipe, where)
-    _check_rollout(recipe, where)
+    from unirl_stream.algorithms.base import build
+
+    algorithm = build(recipe)
+    _check_numerics(recipe, algorithm, where)
+    _check_rollout(recipe, algorithm, where)
     _check_sampling(recipe, where)
     _check_pipeline(recipe, where)
     try:
@@ -131,7 +134,7 @@ def _check_model(recipe: Recipe, where: str) -> None:
         raise UserInputError(f"{where}: model.lora.experts: duplicate entries in {lora.experts}")
 
 
-def _check_numerics(recipe: Recipe, where: str) -> None:
+def _check_numerics(recipe: Recipe, algorithm: Any, where: str) -> None:
     """Producers and trainer running the adapter GEMMs in different dtypes (bf16 vs fp32)
     record log-probs that differ by rounding, even at staleness 0: only an objective with its
     own proximal replay keeps its trust region on the trainer's numerics (algorithms/losses.py)."""
@@ -139,9 +142,6 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
     lora = m.lora
     if m.dtype == "float32" or lora.producer_dtype == lora.trainer_dtype or not lora.enabled:
         return
-    from unirl_stream.algorithms.base import build
-
-    algorithm = build(recipe)
     if algorithm.rollout(recipe.sampling).kind != "sde":
         return  # no log-prob ratio: rounding in the producers shifts nothing it reads
     if "proximal" not in algorithm.needs:
@@ -153,11 +153,9 @@ def _check_numerics(recipe: Recipe, where: str) -> None:
         )
 
 
-def _check_rollout(recipe: Recipe, where: str) -> None:
+def _check_rollout(recipe: Recipe, algorithm: Any, where: str) -> None:
     """The sampling settings must produce the samples the algorithm trains on."""
-    from unirl_stream.algorithms.base import build
-
-    kind = build(recipe).rollout(recipe.sampling).kind
+    kind = algorithm.rollout(recipe.sampling).kind
     selection, name = recipe.sampling.sde.selection, recipe.algorithm.name
     if kind == "sde" and selection == "none":
         raise UserInputError(

@@ -49,34 +49,29 @@ def _chunks(n: int, size: int) -> list[list[int]]:
 
 
 def batch_logprobs(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
-                   micro_batch: int, ref: bool = False) -> torch.Tensor:
-    """Log-probs [B, K] of the whole batch without gradients, micro-batch by micro-batch."""
+                   micro_batch: int, ref: bool = False, with_means: bool = False) -> Any:
+    """Log-probs [B, K] of the whole batch without gradients, micro-batch by micro-batch;
+    ``with_means``: (log-probs, the steps' means [B, K, *latent]), the proximal pass of
+    objectives with a trust region on the means."""
     import torch
 
     fn = policy.ref_logprobs if ref else policy.logprobs
-    out = []
-    with torch.no_grad():
-        for rows in _chunks(len(prompts), micro_batch):
-            out.append(fn([prompts[i] for i in rows], batch[rows]).detach().float())
-    # an empty shard (data parallel, fewer samples than ranks) has no rows
-    return torch.cat(out) if out else batch["log_probs"][:0].float()
-
-
-def batch_logprobs_and_means(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict,
-                             micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The proximal pass with the steps' means: ([B, K], [B, K, *latent]), no gradients."""
-    import torch
-
+    kw = {"with_means": True} if with_means else {}
     lps, means = [], []
     with torch.no_grad():
         for rows in _chunks(len(prompts), micro_batch):
-            lp, mu = policy.logprobs([prompts[i] for i in rows], batch[rows], with_means=True)  # type: ignore[call-arg]
-            lps.append(lp.float())
+            out = fn([prompts[i] for i in rows], batch[rows], **kw)
+            lp, mu = out if with_means else (out, None)
+            lps.append(lp.detach().float())
             means.append(mu)
+    # an empty shard (data parallel, fewer samples than ranks) has no rows
+    lp = torch.cat(lps) if lps else batch["log_probs"][:0].float()
+    if not with_means:
+        return lp
     if not lps:
         lat = batch["latents"]
-        return batch["log_probs"][:0].float(), lat.new_zeros((0, batch["log_probs"].shape[1], *lat.shape[2:]))
-    return torch.cat(lps), torch.cat(means)
+        return lp, lat.new_zeros((0, batch["log_probs"].shape[1], *lat.shape[2:]))
+    return lp, torch.cat(means)
 
 
 def step_sigmas(batch: TensorDict, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +173,7 @@ def _proximal(policy: Policy, prompts: Sequence[Prompt], batch: TensorDict, micr
               needs: frozenset[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The proximal pass, if the objective reads it: (log-probs, means or None)."""
     if "proximal_means" in needs:
-        return batch_logprobs_and_means(policy, prompts, batch, micro_batch)
+        return batch_logprobs(policy, prompts, batch, micro_batch, with_means=True)
     if "proximal" in needs:
         return batch_logprobs(policy, prompts, batch, micro_batch), None
     return None, None

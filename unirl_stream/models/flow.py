@@ -42,10 +42,10 @@ from unirl_stream.algorithms.selection import (
 )
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
-from unirl_stream.models.checks import check_common
-from unirl_stream.models.compile import compile_experts
 from unirl_stream.models.attention import resolve as resolve_attention
 from unirl_stream.models.attention import set_backend as set_attention
+from unirl_stream.models.checks import check_common
+from unirl_stream.models.compile import compile_experts
 from unirl_stream.models.graphs import GraphedCalls
 from unirl_stream.models.lora import (
     EXPERT_NAMES,
