@@ -40,5 +40,5 @@ def phase_attention(ctx: Any, producer: Any, plain_s: float, compiled: bool) -> 
         ctx.rows.add(c, "sampler_attention_over_plain", t / plain_s, "ratio")
         print(f"[{ctx.cfg['layout']} {tag}] attention {variant}: rollout {t:.2f}s ({t / plain_s:.3f}x plain)",
               flush=True)
-    set_backend(producer.experts, producer.attention)
+    set_backend(producer.experts, producer.recipe.model.attention)
     refresh()

@@ -265,7 +265,7 @@ def joined_cluster(tmp_path):
             procs[-1].terminate()
         except psutil.NoSuchProcess:  # ended between the listing and the signal
             continue
-    for p in psutil.wait_procs(procs, timeout=10)[1]:
+    for p in psutil.wait_procs(procs, timeout=3)[1]:  # a Ray worker may ignore SIGTERM: then SIGKILL
         try:
             p.kill()
         except psutil.NoSuchProcess:

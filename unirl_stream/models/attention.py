@@ -1,10 +1,12 @@
 """The attention kernel of the transformers' attention layers (``model.attention``).
 
 Measured on one H200 (``benchmarks/attention_backends.py``, bf16, head dim 128): cuDNN's
-fused attention against SDPA's default choice (flash) at Wan2.2's 480x832x33 shapes, forward
-1.28x (TI2V-5B, 2 x 3 510 tokens) and 1.53x (A14B, 14 040 tokens) faster, forward + backward
-1.67x and 1.62x. ``auto`` takes the plugin's measured choice on CUDA (``FlowPolicy.
-attention_auto``: cudnn for Wan2.2, native for models not measured) and native elsewhere.
+fused attention alone against SDPA's default choice (flash) at Wan2.2's 480x832x33
+self-attention shapes, forward 1.28x (TI2V-5B, 2 x 3 510 tokens) and 1.60x (A14B, 14 040
+tokens) faster, forward + backward 1.67x and 1.64x; at cross-attention shapes (512 keys) the
+forward is flash-equal. In place (``gpu_wan22.py``'s attention ablation) it lost: TI2V-5B's
+rollout 1.027x plain with cuDNN everywhere, 1.011x with cuDNN in self-attention only, 0.984x
+with the default. So ``native`` (diffusers' default) is the default; the others stay a choice.
 
 The backend is set on each attention processor of our transformers, not through diffusers'
 ``set_attention_backend``, which also switches the process-wide default (any other diffusers
@@ -18,13 +20,6 @@ from contextlib import contextmanager
 from typing import Any
 
 BACKENDS = ("native", "cudnn", "cudnn_self")
-
-
-def resolve(choice: str, device_type: str, dtype: str, plugin_auto: str) -> str:
-    """``native`` or ``cudnn`` (``auto``: the plugin's choice on CUDA in half precision)."""
-    if choice == "auto":
-        return plugin_auto if device_type == "cuda" and dtype != "float32" else "native"
-    return choice
 
 
 def _processors(models: Iterable[Any], self_only: bool = False) -> list[Any]:

@@ -61,11 +61,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Rollout producers replay each transformer call as a CUDA graph (models/graphs.py: the
     eager kernels launched as one unit, for launch-bound image models); ``auto``: on CUDA when
     ``compile`` resolves to ``off``. Never on the trainer (autograd)."""
-    attention: Literal["auto", "native", "cudnn", "cudnn_self"] = "auto"
+    attention: Literal["native", "cudnn", "cudnn_self"] = "native"
     """Attention kernel of the transformers (models/attention.py): ``native`` = diffusers'
     default (SDPA's choice, flash on Hopper), ``cudnn`` = cuDNN's fused attention in every
-    attention layer, ``cudnn_self`` = in the self-attention layers only (CUDA and bf16/fp16
-    only); ``auto`` = the model plugin's measured choice on CUDA, native elsewhere."""
+    attention layer, ``cudnn_self`` = in the self-attention layers only (both CUDA and
+    bf16/fp16 only; measured no faster in place at Wan2.2's shapes on an H200)."""
     gradient_checkpointing: bool = False
     lora: LoraConfig = msgspec.field(default_factory=LoraConfig)
     options: dict[str, object] = {}

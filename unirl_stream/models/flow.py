@@ -42,7 +42,6 @@ from unirl_stream.algorithms.selection import (
 )
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
-from unirl_stream.models.attention import resolve as resolve_attention
 from unirl_stream.models.attention import set_backend as set_attention
 from unirl_stream.models.checks import check_common
 from unirl_stream.models.compile import compile_experts
@@ -127,7 +126,6 @@ class FlowPolicy:
 
     Config: ClassVar[type[FlowOptions]] = FlowOptions
     family: ClassVar[str] = "flow"
-    attention_auto: ClassVar[str] = "native"  # model.attention = "auto" on CUDA: what was measured
     card: ClassVar[dict[str, str]]  # docs/models.md row: see models/zoo.py's columns
 
     # ------------------------------------------------------------------ plugin hooks
@@ -214,11 +212,10 @@ class FlowPolicy:
         for model in self.trained.values():
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
-        self.attention = resolve_attention(m.attention, self.device.type, m.dtype, self.attention_auto)
-        if self.attention != "native" and self.device.type != "cuda":
-            raise UserInputError(f"model.attention = {self.attention!r} needs a CUDA device, this policy runs on "
+        if m.attention != "native" and self.device.type != "cuda":
+            raise UserInputError(f"model.attention = {m.attention!r} needs a CUDA device, this policy runs on "
                                  f"{self.device}")
-        set_attention(self.experts, self.attention)
+        set_attention(self.experts, m.attention)
         self.compiled = compile_experts(self.experts, m, self.device.type)
         self.graphs = GraphedCalls(self._forward) if role == "producer" and self._use_graphs() else None
         self.sigmas = self._sigmas()

@@ -69,9 +69,6 @@ class Wan22Policy(FlowPolicy):
 
     Config = Wan22Options
     family = "wan22"
-    # cuDNN's kernel is 1.3-1.7x flash alone at 480x832x33 (benchmarks/attention_backends.py) but
-    # gave no gain in place (gpu_wan22.py's attention ablation): diffusers' default stays
-    attention_auto = "native"
     card = {
         "layouts": "Wan2.2 T2V-A14B (two experts, boundary 0.875; `tiny:two_expert`), TI2V-5B "
                    "(48 channels, a timestep per token; `tiny:ti2v`), Wan2.1 (one transformer, 16 "
