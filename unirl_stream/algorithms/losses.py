@@ -63,17 +63,12 @@ def _surrogate(
     if weight is not None:
         per = per * weight.detach()
     loss, kl_val = ref_kl(per.mean(), new, ref, kl_coef)
-    with torch.no_grad():
-        stats = LossStats(
-            loss=float(loss.detach()),
-            clip_frac=float(((ratio - 1.0).abs() > clip).float().mean()),
-            approx_kl=float(0.5 * (log_ratio**2).mean()),
-            ratio_mean=float(ratio.mean()),
-            ratio_max=float(ratio.max()),
-            ratio_min=float(ratio.min()),
-            kl_ref=kl_val,
-        )
-    return loss, stats
+    with torch.no_grad():  # one read-back for all of them: each float() would wait for the device
+        values = torch.stack([loss.detach().float(), ((ratio - 1.0).abs() > clip).float().mean(),
+                              (0.5 * (log_ratio**2).mean()).float(), ratio.mean().float(),
+                              ratio.max().float(), ratio.min().float()]).tolist()
+    names = ("loss", "clip_frac", "approx_kl", "ratio_mean", "ratio_max", "ratio_min")
+    return loss, LossStats(**dict(zip(names, values, strict=True)), kl_ref=kl_val)
 
 
 def behavior_weight(proximal: torch.Tensor, behavior: torch.Tensor, cap: float | None) -> torch.Tensor:
