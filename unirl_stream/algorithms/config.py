@@ -43,8 +43,9 @@ class SamplingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Classifier-free guidance for the high-noise expert (1.0 = no CFG, one forward)."""
     guidance_scale_2: Annotated[float, Meta(ge=0)] | None = None
     """CFG for the low-noise expert (default: ``guidance_scale``)."""
-    shift: Annotated[float, Meta(gt=0)] = 5.0
-    """Flow-matching sigma shift of the pinned schedule."""
+    shift: Annotated[float, Meta(ge=0.001, le=1000)] = 5.0
+    """Flow-matching sigma shift of the pinned schedule (published recipes use 1-12; far
+    outside [0.001, 1000] the schedule's sigmas collapse to 0 or 1 in float arithmetic)."""
     eta: Annotated[float, Meta(ge=0)] = 0.7
     """SDE noise level."""
     samples_per_prompt: Annotated[int, Meta(ge=1)] = 16
