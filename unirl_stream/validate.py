@@ -155,7 +155,10 @@ def _check_numerics(recipe: Recipe, algorithm: Any, where: str) -> None:
 
 def _check_rollout(recipe: Recipe, algorithm: Any, where: str) -> None:
     """The sampling settings must produce the samples the algorithm trains on."""
-    kind = algorithm.rollout(recipe.sampling).kind
+    try:  # an algorithm's rollout rejects settings it cannot train on by a dotted ValueError
+        kind = algorithm.rollout(recipe.sampling).kind
+    except ValueError as e:
+        raise UserInputError(f"{where}: {e}") from None
     selection, name = recipe.sampling.sde.selection, recipe.algorithm.name
     if kind == "sde" and selection == "none":
         raise UserInputError(

@@ -140,6 +140,16 @@ def test_case_ids_are_distinct_and_many() -> None:
     assert len({c[0] for c in CASES}) == len(CASES) >= 15
 
 
+def test_algorithm_rollout_refusal_is_a_user_error() -> None:
+    """An algorithm's rollout that cannot train on the sampling settings (found by the fuzzer:
+    ReFL's draft-K steps past the schedule) exits 2 with the dotted key, no traceback."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart_refl.toml"
+    result = run_cli("validate", str(recipe), "--set", "algorithm.options.steps=5",
+                     "--set", "sampling.num_inference_steps=4")
+    assert result.code == 2, result
+    assert result.err == f"error: {recipe}: algorithm.options.steps: 5 > sampling.num_inference_steps (4)\n"
+
+
 def test_exact_message_of_the_issue_example(base_recipe: Path) -> None:
     path = _write_case(base_recipe, "max_staleness = 1", "max_staleness = -1")
     result = run_cli("validate", str(path))
