@@ -4,10 +4,11 @@ Producer = ``Wan22Policy(role="producer")``: bf16 adapters (``model.lora.produce
 "model"), what a rollout worker runs. Trainer = ``role="trainer"``: fp32 adapter masters run
 as bf16 GEMMs (``trainer_dtype`` "model", ``lora.fuse_adapters``), gradient checkpointing.
 "peft" and "stock" rows run the same models through peft's own forward (``lora.peft_forward``)
-and diffusers' default attention (``attention.stock_attention``; ours: cuDNN's, the Wan
-default on CUDA): what stock diffusers + peft pay, fp32 adapter GEMMs (TF32) for the
-trainer's masters. Plain ``WanPipeline`` runs with stock attention too. The live adapter is the trainer's with every B entry set to
-+-3e-3 (about ten AdamW steps of lr 3e-4 from B = 0), exported and loaded into the producer.
+and diffusers' default attention (``attention.stock_attention``, for a ``model.attention``
+other than native): what stock diffusers + peft pay, fp32 adapter GEMMs (TF32) for the
+trainer's masters. Plain ``WanPipeline`` runs with stock attention too. The live adapter is
+the trainer's with every B entry set to +-3e-3 (about ten AdamW steps of lr 3e-4 from B = 0),
+exported and loaded into the producer.
 
 FLOPs are counted from the shapes (matmuls and attention only; 2 per multiply-add). For a
 replay step the useful FLOPs are forward + backward without the checkpoint's recomputation:
@@ -235,119 +236,6 @@ def phase_reward(ctx: Ctx) -> float:
     return t / 4
 
 
-def bare_pair(trainer: Any) -> Any:
-    """A forward+backward of the trained expert on the replay's input (one sample, the CFG
-    pair when guidance > 1), checkpointing on, gradients into the adapters only."""
-    import torch
-
-    model = trainer.experts[0]
-    rows = 2 if trainer.guidance[0] > 1 else 1
-    g = torch.Generator(device=trainer.device).manual_seed(0)
-    x = torch.randn(rows, *trainer.latent_shape, generator=g, device=trainer.device).to(trainer.dtype)
-    t = torch.full((rows,), 900.0, device=trainer.device)
-    tt = trainer._timestep_input(t, x)
-    enc = torch.randn(rows, trainer.recipe.model.max_sequence_length, model.config.text_dim, generator=g,
-                      device=trainer.device).to(trainer.dtype)
-    params = list(trainer.trainable_parameters())
-
-    def step() -> None:
-        out = model(hidden_states=x, timestep=tt, encoder_hidden_states=enc, return_dict=False)[0]
-        out.float().square().mean().backward()
-        for p in params:
-            p.grad = None
-
-    return step
-
-
-def sm_clock_mhz() -> float:
-    """The GPU's SM clock now (NVML), 0 where there is none."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return float(pynvml.nvmlDeviceGetClockInfo(pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.NVML_CLOCK_SM))
-    except Exception:  # noqa: BLE001 - no NVML (CPU dry run): the row reads 0
-        return 0.0
-
-
-def _timed_pair(ctx: Ctx, step: Any, reps: int) -> float:
-    step()
-    t, _ = ctx.clock(lambda: [step() for _ in range(reps)])
-    return t / reps
-
-
-def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
-    """Bare pairs vs our replay of one sample: ``grpo``'s update (no proximal pass), and the
-    proximal pass that ``decoupled_grpo`` adds before its updates (timed alone: the two
-    objectives' updates cost the same); per SDE step, peak memory. Two bare pairs, each timed
-    over as many calls as the replay has SDE steps (the same stretch of sustained load): the
-    stock one (the same model through peft's own forward: fp32 adapter GEMMs from the masters)
-    and ours (the trainer's fused adapters: what replay adds to it is our overhead alone)."""
-    import torch
-
-    from unirl_stream.algorithms.losses import GRPO
-    from unirl_stream.algorithms.train import batch_logprobs, train_on_batch
-
-    alg, prompt = trainer.recipe.algorithm, _prompt()
-    k = int(td["sde_steps"].shape[1])
-    reps = 1 if ctx.a.tiny else k
-    opt = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)  # keep the live adapter
-    out: dict[str, float] = {}
-    if tag == "eager":  # compiled blocks would recompile for peft's forward: the stock pair is eager
-        with peft_forward(trainer.experts), stock_attention(trainer.experts):
-            out["stock_pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
-            out["stock_pair_peak"] = ctx.clock.peak_gib()
-    pair = bare_pair(trainer)
-    out["pair_before"] = _timed_pair(ctx, pair, reps)
-    out["pair_peak"] = ctx.clock.peak_gib()
-    out["clock_before"] = sm_clock_mhz()
-    for name, run in (("grpo", lambda: train_on_batch(trainer, GRPO(alg), opt, [prompt], td, alg)),
-                      ("proximal", lambda: batch_logprobs(trainer, [prompt], td, alg.micro_batch))):
-        out[name + "_first"], _ = ctx.clock(run)
-        if tag != "eager":  # a compiled second call still recompiled once in the CPU dry run
-            run()
-        out[name], _ = ctx.clock(run)
-        out[name + "_peak"] = ctx.clock.peak_gib()
-        if name == "grpo":  # the pair again right after: sustained load lowers clocks over time
-            out["clock_after"] = sm_clock_mhz()
-            out["pair_after"] = _timed_pair(ctx, pair, reps)
-    out["pair"] = (out["pair_before"] + out["pair_after"]) / 2
-    out["decoupled"] = out["grpo"] + out["proximal"]
-    _replay_rows(ctx, trainer, out, k, tag)
-    return out
-
-
-def _replay_rows(ctx: Ctx, trainer: Any, out: dict[str, float], k: int, tag: str) -> None:
-    rows = 2 if trainer.guidance[0] > 1 else 1
-    fl = step_flops(ctx.lay, _tokens(trainer), trainer.recipe.model.max_sequence_length, 64, True)["fwd_bwd"] * rows
-    c = {**ctx.cfg, "sde_steps": k, "compile": tag}
-    step = out["grpo"] / k
-    table = [
-        ("bare_pair_fwd_bwd_ckpt_s", out["pair"], "s"), ("bare_pair_peak", out["pair_peak"], "GiB"),
-        ("bare_pair_before_replay_s", out["pair_before"], "s"), ("bare_pair_after_replay_s", out["pair_after"], "s"),
-        ("sm_clock_before_replay", out["clock_before"], "MHz"), ("sm_clock_after_replay", out["clock_after"], "MHz"),
-        ("bare_pair_tflops", fl / out["pair"] / 1e12, "TFLOP/s"),
-        ("replay_grpo_per_sample_s", out["grpo"], "s"), ("replay_grpo_peak", out["grpo_peak"], "GiB"),
-        ("replay_grpo_per_step_over_pair", step / out["pair"], "ratio"),
-        ("replay_grpo_tflops", fl * k / out["grpo"] / 1e12, "TFLOP/s"),
-        ("proximal_pass_s", out["proximal"], "s"), ("proximal_pass_peak", out["proximal_peak"], "GiB"),
-    ]
-    if "stock_pair" in out:
-        table += [("stock_pair_fwd_bwd_ckpt_s", out["stock_pair"], "s"),
-                  ("stock_pair_peak", out["stock_pair_peak"], "GiB"),
-                  ("stock_pair_tflops", fl / out["stock_pair"] / 1e12, "TFLOP/s"),
-                  ("replay_grpo_per_step_over_stock_pair", step / out["stock_pair"], "ratio")]
-    else:
-        table.append(("replay_first_call_s", out["grpo_first"], "s"))
-    for metric, v, unit in table:
-        ctx.rows.add(c, metric, v, unit)
-    stock = f", stock pair {out['stock_pair']:.3f}s ({step / out['stock_pair']:.3f}x)" if "stock_pair" in out else ""
-    print(f"[{ctx.cfg['layout']} {tag}] bare pair {out['pair']:.3f}s (before replay {out['pair_before']:.3f}s at "
-          f"{out['clock_before']:.0f} MHz, after {out['pair_after']:.3f}s at {out['clock_after']:.0f} MHz){stock}; replay grpo {out['grpo']:.2f}s = "
-          f"{step:.3f}s/step ({step / out['pair']:.3f}x pair), proximal pass "
-          f"{out['proximal']:.2f}s, peak {out['grpo_peak']:.1f} GiB", flush=True)
-
-
 def first_step(policy: Any) -> Any:
     """One guided velocity of the first expert at the rollout's shapes (what a producer's first
     denoising step computes)."""
@@ -365,6 +253,7 @@ def phase_compile(ctx: Ctx, producer: Any, trainer: Any, eager: dict[str, float]
     """Regional compilation of producer and trainer (the CUDA default), cold cache."""
     import msgspec
     import torch
+    from gpu_wan22_replay import phase_replay
 
     from unirl_stream.models.compile import compile_experts
 
@@ -439,6 +328,7 @@ def run_layout(ctx: Ctx) -> None:
     import torch._dynamo
     from gpu_wan22_attention import phase_attention
     from gpu_wan22_profile import phase_profile
+    from gpu_wan22_replay import phase_replay
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # the previous layout's graphs would count against the recompile limit

@@ -33,7 +33,8 @@ def _profiled(clock: Any, fn: Any) -> tuple[float, dict[str, float], int]:
 
 def phase_profile(ctx: Any, trainer: Any, td: Any) -> None:
     import torch
-    from gpu_wan22_phases import _prompt, bare_pair
+    from gpu_wan22_phases import _prompt
+    from gpu_wan22_replay import bare_pair
 
     from unirl_stream.algorithms.losses import GRPO
     from unirl_stream.algorithms.train import train_on_batch
