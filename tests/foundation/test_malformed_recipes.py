@@ -70,6 +70,8 @@ CASES = [
     ("sync_with_staleness", "max_staleness = 1", 'max_staleness = 1\nmode = "sync"', [],
      "pipeline.max_staleness: sync mode is on-policy, expected 0, got 1"),
     ("bad_device", 'device = "cpu"', 'device = "gpu0"', [], "model.device: expected auto, cpu"),
+    ("vanishing_shift", "num_inference_steps = 8", "num_inference_steps = 8\nshift = 1e-300", [],
+     "sampling.shift: expected float >= 0.001, got 1e-300"),
     ("cudnn_attention_on_cpu", 'device = "cpu"', 'device = "cpu"\nattention = "cudnn"', [],
      "model.attention: 'cudnn' runs bfloat16/float16 models on CUDA only (model.dtype 'float32', model.device "
      "'cpu'); use 'auto' or 'native'"),
