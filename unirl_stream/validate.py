@@ -45,8 +45,8 @@ def check_recipe(recipe: Recipe, where: str, *, check_weights: bool = True) -> l
     from unirl_stream.algorithms.base import build
 
     algorithm = build(recipe)
-    _check_numerics(recipe, algorithm, where)
-    _check_rollout(recipe, algorithm, where)
+    kind = _check_rollout(recipe, algorithm, where)
+    _check_numerics(recipe, algorithm, kind, where)
     _check_sampling(recipe, where)
     _check_pipeline(recipe, where)
     try:
@@ -123,7 +123,7 @@ def _check_model(recipe: Recipe, where: str) -> None:
     if m.attention.startswith("cudnn") and (m.dtype == "float32" or m.device == "cpu"):
         raise UserInputError(
             f"{where}: model.attention: {m.attention!r} runs bfloat16/float16 models on CUDA only (model.dtype "
-            f"{m.dtype!r}, model.device {m.device!r}); use 'auto' or 'native'"
+            f"{m.dtype!r}, model.device {m.device!r}); use 'native'"
         )
     lora = m.lora
     if lora.enabled and not lora.target_modules:
@@ -134,7 +134,7 @@ def _check_model(recipe: Recipe, where: str) -> None:
         raise UserInputError(f"{where}: model.lora.experts: duplicate entries in {lora.experts}")
 
 
-def _check_numerics(recipe: Recipe, algorithm: Any, where: str) -> None:
+def _check_numerics(recipe: Recipe, algorithm: Any, kind: str, where: str) -> None:
     """Producers and trainer running the adapter GEMMs in different dtypes (bf16 vs fp32)
     record log-probs that differ by rounding, even at staleness 0: only an objective with its
     own proximal replay keeps its trust region on the trainer's numerics (algorithms/losses.py)."""
@@ -142,7 +142,7 @@ def _check_numerics(recipe: Recipe, algorithm: Any, where: str) -> None:
     lora = m.lora
     if m.dtype == "float32" or lora.producer_dtype == lora.trainer_dtype or not lora.enabled:
         return
-    if algorithm.rollout(recipe.sampling).kind != "sde":
+    if kind != "sde":
         return  # no log-prob ratio: rounding in the producers shifts nothing it reads
     if "proximal" not in algorithm.needs:
         raise UserInputError(
@@ -153,8 +153,9 @@ def _check_numerics(recipe: Recipe, algorithm: Any, where: str) -> None:
         )
 
 
-def _check_rollout(recipe: Recipe, algorithm: Any, where: str) -> None:
-    """The sampling settings must produce the samples the algorithm trains on."""
+def _check_rollout(recipe: Recipe, algorithm: Any, where: str) -> str:
+    """The sampling settings must produce the samples the algorithm trains on; returns the
+    rollout kind (``sde``, ``ode``, ...)."""
     try:  # an algorithm's rollout rejects settings it cannot train on by a dotted ValueError
         kind = algorithm.rollout(recipe.sampling).kind
     except ValueError as e:
@@ -169,6 +170,7 @@ def _check_rollout(recipe: Recipe, algorithm: Any, where: str) -> None:
         raise UserInputError(
             f"{where}: sampling.sde.selection: {selection!r} makes SDE steps, but algorithm.name = "
             f"{name!r} trains on {what} (no SDE log-probs); set sampling.sde.selection = 'none'")
+    return str(kind)
 
 
 def _check_sampling(recipe: Recipe, where: str) -> None:

@@ -74,7 +74,7 @@ CASES = [
      "sampling.shift: expected float >= 0.001, got 1e-300"),
     ("cudnn_attention_on_cpu", 'device = "cpu"', 'device = "cpu"\nattention = "cudnn"', [],
      "model.attention: 'cudnn' runs bfloat16/float16 models on CUDA only (model.dtype 'float32', model.device "
-     "'cpu'); use 'auto' or 'native'"),
+     "'cpu'); use 'native'"),
     ("grpo_with_bf16_producers_fp32_trainer", 'device = "cpu"\n\n[model.lora]',
      'device = "cpu"\ndtype = "bfloat16"\n\n[model.lora]\ntrainer_dtype = "float32"', [],
      "algorithm.name: 'grpo' takes its ratio against the producers' log-probs, which differ by rounding from "

@@ -212,10 +212,11 @@ class FlowPolicy:
         for model in self.trained.values():
             if m.gradient_checkpointing:
                 model.enable_gradient_checkpointing()
-        if m.attention != "native" and self.device.type != "cuda":
-            raise UserInputError(f"model.attention = {m.attention!r} needs a CUDA device, this policy runs on "
-                                 f"{self.device}")
-        set_attention(self.experts, m.attention)
+        if m.attention != "native":  # diffusers' default needs nothing set
+            if self.device.type != "cuda":
+                raise UserInputError(f"model.attention = {m.attention!r} needs a CUDA device, this policy runs "
+                                     f"on {self.device}")
+            set_attention(self.experts, m.attention)
         self.compiled = compile_experts(self.experts, m, self.device.type)
         self.graphs = GraphedCalls(self._forward) if role == "producer" and self._use_graphs() else None
         self.sigmas = self._sigmas()
