@@ -5,7 +5,8 @@ Shapes (bf16, head dim 128, 480x832x33):
   a14b  T2V-A14B: 1 sequence (guidance 1) of 14 040 tokens, 40 heads
   *_x   their cross-attention: the same queries against 512 text tokens
 
-Backends: flash (what plain diffusers gets from SDPA's default order), cudnn, efficient.
+Backends: flash (what plain diffusers gets from SDPA's default order), cudnn, cudnn_strided (cuDNN
+on the permuted views, not made contiguous), efficient.
 Forward, and forward + backward (the replay's, gradients into q, k, v), in diffusers' layout
 [B, S, H, D] permuted to [B, H, S, D] as its native processor does (cudnn: made contiguous, as
 diffusers' ``_native_cudnn`` does). TFLOP/s counts 4 S L H D per sequence forward (L keys),
@@ -26,7 +27,7 @@ from rows import Rows  # noqa: E402
 
 SHAPES = {"ti2v": (2, 3510, 24, 3510), "a14b": (1, 14040, 40, 14040),
           "ti2v_x": (2, 3510, 24, 512), "a14b_x": (1, 14040, 40, 512)}
-BACKENDS = ("flash", "cudnn", "efficient")
+BACKENDS = ("flash", "cudnn", "cudnn_strided", "efficient")
 
 
 def timed(fn: Any, reps: int) -> float:
@@ -48,7 +49,7 @@ def attention(backend: str, q: Any, k: Any, v: Any) -> Any:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kind = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
+            "cudnn_strided": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
     q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
     if backend == "cudnn":
         q, k, v = (t.contiguous() for t in (q, k, v))
