@@ -6,7 +6,8 @@ shapes (``attention_backends.py``), yet the rollout with it in place was not fas
 weights, the published widths, 480x832x33) forward, and forward + backward, per backend
 (``native`` = diffusers' default, ``cudnn``) eager and under regional compilation, and lists
 each variant's heaviest kernels from torch.profiler, so the attention kernel's time in place
-can be read beside its time alone.
+can be read beside its time alone; and forward + backward under plain activation
+checkpointing against checkpointing that keeps the attention (``model.checkpoint_saves``).
 
 Usage: python benchmarks/gpu_wan22_block.py [--out DIR] [--layouts ti2v a14b] [--reps N]
 """
@@ -23,6 +24,9 @@ from attention_backends import timed  # noqa: E402
 from gpu_wan22 import LAYOUTS  # noqa: E402
 from rows import Rows  # noqa: E402
 
+# (attention kernel, activation checkpointing): forward and forward + backward without
+# checkpointing, forward + backward with plain checkpointing and with the attention kept.
+VARIANTS = (("native", "off"), ("cudnn", "off"), ("native", "nothing"), ("native", "attention"))
 LATENT = {"ti2v": (2, 48, 9, 30, 52), "a14b": (1, 16, 9, 60, 104)}  # the CFG pair / guidance 1
 
 
@@ -61,9 +65,10 @@ def top_kernels(fn: Any, calls: int) -> list[tuple[float, str]]:
     return sorted((p for p in per if p[0] > 0), reverse=True)[:6]
 
 
-def measure(rows: Rows, layout: str, model: Any, variant: str, tag: str, reps: int) -> None:
+def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: str, reps: int) -> None:
     import torch
 
+    attention, ckpt = variant
     x, t, text = inputs(layout)
     xg = x.clone().requires_grad_(True)
 
@@ -76,12 +81,12 @@ def measure(rows: Rows, layout: str, model: Any, variant: str, tag: str, reps: i
         out.float().square().mean().backward()
 
     cfg = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "layout": layout,
-           "blocks": 1, "attention": variant, "compile": tag}
-    for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+           "blocks": 1, "attention": attention, "compile": tag, "checkpointing": ckpt}
+    for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)) if ckpt == "off" else (("fwd_bwd", fwd_bwd),):
         s = timed(fn, reps)
         top = [(round(ms, 3), k[:80]) for ms, k in top_kernels(fn, 3)]
         rows.add({**cfg, "top_kernels_ms": top}, f"block_{name}_s", s, "s")
-        print(f"[{layout} {tag} {variant}] {name} {s * 1e3:.2f} ms", flush=True)
+        print(f"[{layout} {tag} {attention} ckpt {ckpt}] {name} {s * 1e3:.2f} ms", flush=True)
         for ms, k in top:
             print(f"    {ms:8.3f} ms  {k}", flush=True)
 
@@ -89,6 +94,7 @@ def measure(rows: Rows, layout: str, model: Any, variant: str, tag: str, reps: i
 def main() -> None:
     import torch
 
+    from unirl_stream.models import checkpointing
     from unirl_stream.models.attention import set_backend
 
     ap = argparse.ArgumentParser()
@@ -104,8 +110,11 @@ def main() -> None:
             model = build(layout)
             if tag == "regional":
                 model.compile_repeated_blocks(fullgraph=True)
-            for variant in ("native", "cudnn"):
-                set_backend([model], variant)
+            for variant in VARIANTS:
+                set_backend([model], variant[0])
+                model.disable_gradient_checkpointing()
+                if variant[1] != "off":
+                    checkpointing.enable(model, variant[1])
                 measure(rows, layout, model, variant, tag, a.reps)
             del model
             torch.cuda.empty_cache()

@@ -6,10 +6,13 @@ recomputation (``gpu_wan22_phases.step_flops``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gpu_wan22_phases import Ctx, _prompt, _tokens, step_flops
 
+from unirl_stream.models import checkpointing
 from unirl_stream.models.attention import stock_attention
 from unirl_stream.models.lora import peft_forward
 
@@ -38,6 +41,18 @@ def bare_pair(trainer: Any) -> Any:
     return step
 
 
+@contextmanager
+def plain_checkpointing(trainer: Any) -> Iterator[None]:
+    """The trained experts under diffusers' own checkpointing while inside (the stock pair)."""
+    for model in trainer.trained.values():
+        checkpointing.enable(model, "nothing")
+    try:
+        yield
+    finally:
+        for model in trainer.trained.values():
+            checkpointing.enable(model, trainer.recipe.model.checkpoint_saves)
+
+
 def sm_clock_mhz() -> float:
     """The GPU's SM clock now (NVML), 0 where there is none."""
     try:
@@ -61,7 +76,8 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
     objectives' updates cost the same); per SDE step, peak memory. Two bare pairs, each timed
     over as many calls as the replay has SDE steps (the same stretch of sustained load): the
     stock one (the same model through peft's own forward: fp32 adapter GEMMs from the masters)
-    and ours (the trainer's fused adapters: what replay adds to it is our overhead alone)."""
+    (with diffusers' plain checkpointing) and ours (the trainer's fused adapters and
+    checkpointing that keeps the attention: what replay adds to it is our overhead alone)."""
     import torch
 
     from unirl_stream.algorithms.losses import GRPO
@@ -73,7 +89,7 @@ def phase_replay(ctx: Ctx, trainer: Any, td: Any, tag: str) -> dict[str, float]:
     opt = torch.optim.SGD(list(trainer.trainable_parameters()), lr=0.0)  # keep the live adapter
     out: dict[str, float] = {}
     if tag == "eager":  # compiled blocks would recompile for peft's forward: the stock pair is eager
-        with peft_forward(trainer.experts), stock_attention(trainer.experts):
+        with peft_forward(trainer.experts), stock_attention(trainer.experts), plain_checkpointing(trainer):
             out["stock_pair"] = _timed_pair(ctx, bare_pair(trainer), reps)
             out["stock_pair_peak"] = ctx.clock.peak_gib()
     pair = bare_pair(trainer)

@@ -42,6 +42,8 @@ _FALLBACK: dict[str, str] = {
     "ModelConfig.max_sequence_length": "Text encoder token limit (longer prompts are cut).",
     "ModelConfig.gradient_checkpointing": "Recompute transformer activations in the backward "
     "pass: less memory, ~1.6x slower replay.",
+    "ModelConfig.checkpoint_saves": "What checkpointing keeps from the forward: the attention "
+    "kernels' outputs (not recomputed in the backward) or nothing.",
     "SamplingConfig.height": "Frame height in pixels.",
     "SamplingConfig.width": "Frame width in pixels.",
     "SamplingConfig.num_inference_steps": "Denoising steps per sample.",

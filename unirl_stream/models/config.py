@@ -67,6 +67,11 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     attention layer, ``cudnn_self`` = in the self-attention layers only (both CUDA and
     bf16/fp16 only; measured no faster in place at Wan2.2's shapes on an H200)."""
     gradient_checkpointing: bool = False
+    checkpoint_saves: Literal["attention", "nothing"] = "attention"
+    """With ``gradient_checkpointing``: what the backward's recomputation keeps from the forward
+    (models/checkpointing.py). ``attention`` = the fused attention kernels' outputs (the backward
+    recomputes everything but the attention; at Wan2.2-A14B's 14 040 tokens 144 MB a block and
+    sample), ``nothing`` = plain checkpointing (each block's input only)."""
     lora: LoraConfig = msgspec.field(default_factory=LoraConfig)
     options: dict[str, object] = {}
     """Plugin-specific options, decoded by the plugin's ``Config`` Struct if it has one."""

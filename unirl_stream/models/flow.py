@@ -42,6 +42,7 @@ from unirl_stream.algorithms.selection import (
 )
 from unirl_stream.algorithms.trajectory import REPLAY_FIELDS, field_specs
 from unirl_stream.api import FieldSpec, Prompt, UserInputError
+from unirl_stream.models import checkpointing
 from unirl_stream.models.attention import set_backend as set_attention
 from unirl_stream.models.checks import check_common
 from unirl_stream.models.compile import compile_experts
@@ -211,7 +212,7 @@ class FlowPolicy:
             mod.to(self.device)
         for model in self.trained.values():
             if m.gradient_checkpointing:
-                model.enable_gradient_checkpointing()
+                checkpointing.enable(model, m.checkpoint_saves)
         if m.attention != "native":  # diffusers' default needs nothing set
             if self.device.type != "cuda":
                 raise UserInputError(f"model.attention = {m.attention!r} needs a CUDA device, this policy runs "
