@@ -52,9 +52,8 @@ def inputs(layout: str) -> tuple[Any, Any, Any]:
 
 def top_kernels(fn: Any, calls: int) -> list[tuple[float, str]]:
     """The six kernels with the most device time, in ms per call."""
-    from torch.profiler import ProfilerActivity, profile
-
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
