@@ -6,7 +6,11 @@ self-attention shapes, forward 1.28x (TI2V-5B, 2 x 3 510 tokens) and 1.60x (A14B
 tokens) faster, forward + backward 1.67x and 1.64x; at cross-attention shapes (512 keys) the
 forward is flash-equal. In place (``gpu_wan22.py``'s attention ablation) it lost: TI2V-5B's
 rollout 1.027x plain with cuDNN everywhere, 1.011x with cuDNN in self-attention only, 0.984x
-with the default. So ``native`` (diffusers' default) is the default; the others stay a choice.
+with the default. The reason (``benchmarks/gpu_wan22_block.py``'s profile): with torch 2.11 on
+an H200 the default already runs the same cuDNN kernel (what was timed as "flash" above was
+flash forced), and diffusers' ``_native_cudnn`` adds contiguous copies of q, k and v before it.
+So ``native`` (diffusers' default) is the default; the others stay a choice for GPUs and
+torch versions whose default order picks flash.
 
 The backend is set on each attention processor of our transformers, not through diffusers'
 ``set_attention_backend``, which also switches the process-wide default (any other diffusers
