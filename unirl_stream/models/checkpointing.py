@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-SAVES = ("attention", "nothing")
 Saves = Literal["attention", "nothing"]
 
 
