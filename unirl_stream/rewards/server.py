@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -70,7 +70,6 @@ class RewardServer:
         self.max_queue = max_queue
         self._slots = threading.BoundedSemaphore(max_queue + 1)  # waiting + the one scored
         self._count_lock = threading.Lock()
-        self.peak_queue = 0  # most requests seen waiting for the scoring thread
         self.peak_admitted = 0
         self._admitted = 0
         self._decoder = msgspec.msgpack.Decoder(wire.ScoreRequest)
@@ -80,8 +79,13 @@ class RewardServer:
 
     @property
     def queue_depth(self) -> int:
-        """Requests admitted and waiting for the scoring thread now."""
+        """Requests admitted and waiting for the scoring thread now (at most ``max_queue``)."""
         return self.loop.waiting()
+
+    @property
+    def peak_queue(self) -> int:
+        """The deepest queue a request joined."""
+        return self.loop.peak
 
     @property
     def port(self) -> int:
@@ -141,13 +145,11 @@ class RewardServer:
         except (msgspec.ValidationError, msgspec.DecodeError, UserInputError) as e:
             return 400, self._encoder.encode(wire.ErrorReply(f"bad request: {e}", "user"))
         t0 = time.perf_counter()
-        with self._count_lock:
-            depth = self.loop.waiting()
-            self.peak_queue = max(self.peak_queue, depth + 1)
-            future = self.loop.submit(req, media)
+        future, depth = self.loop.submit(req, media)
         try:
             (scores, subs), started = future.result()
-            self.served += len(req.prompts)
+            with self._count_lock:
+                self.served += len(req.prompts)
         except UserInputError as e:
             return 422, self._encoder.encode(wire.ErrorReply(str(e), "user"))
         except RewardError as e:
@@ -172,55 +174,77 @@ class _ScoringLoop:
     """One thread scoring queued requests, merging those that wait into one call.
 
     ``submit`` returns a Future of (that request's share of ``score_batch``'s result, the
-    ``perf_counter`` time its batch started). At most ``max_samples`` samples are merged
-    (a larger request goes alone), and only requests of one frame shape.
+    ``perf_counter`` time its batch started) and the queue depth it joined. At most
+    ``max_samples`` samples are merged (a larger request goes alone), and only requests of
+    one frame shape. The depth counts the requests waiting behind the batch being scored
+    or, while the thread is between batches, behind the one it takes next; a batch is
+    marked done before its futures resolve, so its slots free only once it stops counting.
+    With ``max_queue + 1`` admission slots the depth is therefore at most ``max_queue``.
     """
 
     def __init__(self, score_batch: Callable[[list[wire.ScoreRequest], Any], list[Any]], max_samples: int) -> None:
         self.score_batch, self.max_samples = score_batch, max_samples
         self.calls = 0  # scorer calls made (fewer than requests when requests were merged)
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._held: _Job | None = None  # taken from the queue but not mergeable: next batch's head
+        self.peak = 0  # deepest queue a request joined
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._busy = False  # a batch is being scored
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="reward-score", daemon=True)
         self._thread.start()
 
     def waiting(self) -> int:
-        """Requests submitted and not yet in a batch being scored."""
-        return self._jobs.qsize() + (self._held is not None)
+        """Requests queued behind the batch being scored (or the next one taken)."""
+        with self._cond:
+            return self._depth()
 
-    def submit(self, req: wire.ScoreRequest, media: Any) -> Future:
+    def _depth(self) -> int:
+        return len(self._jobs) - (0 if self._busy or not self._jobs else 1)
+
+    def submit(self, req: wire.ScoreRequest, media: Any) -> tuple[Future, int]:
         job = _Job(req, media)
-        self._jobs.put(job)
-        return job.future
+        with self._cond:
+            self._jobs.append(job)
+            depth = self._depth()
+            self.peak = max(self.peak, depth)
+            self._cond.notify()
+        return job.future, depth
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """End the thread once the queued requests are scored."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._score(batch)
+            outcomes = self._score(batch)
+            with self._cond:
+                self._busy = False
+            for job, (ok, value) in zip(batch, outcomes, strict=True):
+                if ok:
+                    job.future.set_result(value)
+                else:
+                    job.future.set_exception(value)
 
     def _next_batch(self) -> list[_Job] | None:
-        head, self._held = (self._held or self._jobs.get()), None
-        if head is None:
-            return None
-        batch, n = [head], len(head.req.prompts)
-        while n < self.max_samples:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self._jobs.put(None)  # close(): end the loop after this batch
-                break
-            if job.media.shape[1:] != head.media.shape[1:] or n + len(job.req.prompts) > self.max_samples:
-                self._held = job
-                break
-            batch.append(job)
-            n += len(job.req.prompts)
-        return batch
+        with self._cond:
+            self._cond.wait_for(lambda: self._jobs or self._closed)
+            if not self._jobs:
+                return None
+            head = self._jobs.popleft()
+            batch, n = [head], len(head.req.prompts)
+            while self._jobs and n + len(self._jobs[0].req.prompts) <= self.max_samples:
+                if self._jobs[0].media.shape[1:] != head.media.shape[1:]:
+                    break  # stays at the front: the next batch's head
+                job = self._jobs.popleft()
+                batch.append(job)
+                n += len(job.req.prompts)
+            self._busy = True
+            return batch
 
-    def _score(self, batch: list[_Job]) -> None:
+    def _score(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
+        """(ok, (share, started) or the exception) per job, in order."""
         import torch
 
         started = time.perf_counter()
@@ -230,13 +254,9 @@ class _ScoringLoop:
             shares = self.score_batch([j.req for j in batch], media)
         except Exception as e:  # an error belongs to one request: retry the merged ones alone
             if len(batch) > 1:
-                for j in batch:
-                    self._score([j])
-            else:
-                batch[0].future.set_exception(e)
-            return
-        for job, share in zip(batch, shares, strict=True):
-            job.future.set_result((share, started))
+                return [out for j in batch for out in self._score([j])]
+            return [(False, e)]
+        return [(True, (share, started)) for share in shares]
 
 
 def gpu_utilization(device: str) -> float | None:

@@ -48,7 +48,8 @@ class ScoreReply(msgspec.Struct, frozen=True):
     queue_s: float = 0.0
     """Time the request waited, admitted, for the scoring thread."""
     queue_depth: int = 0
-    """Requests admitted and not yet scored when this one was admitted (itself excluded)."""
+    """Requests waiting for the scoring thread when this one joined, itself included (0: it
+    went straight into the next batch); at most the server's ``max_queue``."""
     gpu_util: float | None = None
     """The scoring GPU's utilisation in percent after scoring; None on CPU or without NVML."""
 
@@ -65,7 +66,8 @@ class Health(msgspec.Struct, frozen=True):
     device: str
     served: int = 0
     max_queue: int = 0
-    """Requests admitted (body read) but not yet scored, at most; beyond, senders wait."""
+    """Requests admitted (body read) waiting behind the batch being scored, at most; beyond,
+    senders wait in TCP."""
     queue_depth: int = 0
     peak_queue: int = 0
 
