@@ -9,7 +9,13 @@ each variant's heaviest kernels from torch.profiler, so the attention kernel's t
 can be read beside its time alone; and forward + backward under plain activation
 checkpointing against checkpointing that keeps the attention (``model.checkpoint_saves``).
 
+Compilations (``--compile``): ``eager``; ``regional`` (our default on CUDA); the two
+inductor autotuning builds (``max-autotune-no-cudagraphs``: Triton GEMM templates whose
+epilogues can take the pointwise work, and coordinate-descent tuning of the rest), of the
+repeated blocks (``regional-autotune``) or of the whole model (``full-autotune``).
+
 Usage: python benchmarks/gpu_wan22_block.py [--out DIR] [--layouts ti2v a14b] [--reps N]
+           [--compile eager regional ...] [--forward-only]
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from rows import Rows  # noqa: E402
 # (attention kernel, activation checkpointing): forward and forward + backward without
 # checkpointing, forward + backward with plain checkpointing and with the attention kept.
 VARIANTS = (("native", "off"), ("cudnn", "off"), ("native", "nothing"), ("native", "attention"))
+AUTOTUNE = "max-autotune-no-cudagraphs"
+COMPILES = ("eager", "regional", "regional-autotune", "full-autotune")
 LATENT = {"ti2v": (2, 48, 9, 30, 52), "a14b": (1, 16, 9, 60, 104)}  # the CFG pair / guidance 1
 
 
@@ -64,7 +72,19 @@ def top_kernels(fn: Any, calls: int) -> list[tuple[float, str]]:
     return sorted((p for p in per if p[0] > 0), reverse=True)[:6]
 
 
-def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: str, reps: int) -> None:
+def compile_model(model: Any, tag: str) -> None:
+    if tag == "regional":
+        model.compile_repeated_blocks(fullgraph=True)
+    elif tag == "regional-autotune":
+        model.compile_repeated_blocks(fullgraph=True, mode=AUTOTUNE)
+    elif tag == "full-autotune":
+        model.compile(mode=AUTOTUNE)
+
+
+def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: str, reps: int,
+            forward_only: bool) -> None:
+    import time
+
     import torch
 
     attention, ckpt = variant
@@ -81,7 +101,12 @@ def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: 
 
     cfg = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "layout": layout,
            "blocks": 1, "attention": attention, "compile": tag, "checkpointing": ckpt}
-    for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)) if ckpt == "off" else (("fwd_bwd", fwd_bwd),):
+    calls = (("fwd", fwd), ("fwd_bwd", fwd_bwd)) if ckpt == "off" else (("fwd_bwd", fwd_bwd),)
+    for name, fn in calls[:1] if forward_only else calls:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        rows.add(cfg, f"block_{name}_first_call_s", time.perf_counter() - t0, "s")  # compilation
         s = timed(fn, reps)
         top = [(round(ms, 3), k[:80]) for ms, k in top_kernels(fn, 3)]
         rows.add({**cfg, "top_kernels_ms": top}, f"block_{name}_s", s, "s")
@@ -100,21 +125,24 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--layouts", nargs="*", default=["a14b", "ti2v"], choices=sorted(LATENT))
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--compile", nargs="*", default=["eager", "regional"], choices=COMPILES)
+    ap.add_argument("--variants", nargs="*", type=int, default=list(range(len(VARIANTS))),
+                    help=f"indices into {VARIANTS}")
+    ap.add_argument("--forward-only", action="store_true", help="the rollout's call only")
     a = ap.parse_args()
     rows = Rows("gpu_wan22_block", Path(a.out) / "gpu_wan22_block.jsonl")
     torch.backends.cuda.matmul.allow_tf32 = True
     for layout in a.layouts:
-        for tag in ("eager", "regional"):
+        for tag in a.compile:
             torch._dynamo.reset()
             model = build(layout)
-            if tag == "regional":
-                model.compile_repeated_blocks(fullgraph=True)
-            for variant in VARIANTS:
+            compile_model(model, tag)
+            for variant in (VARIANTS[i] for i in a.variants):
                 set_backend([model], variant[0])
                 model.disable_gradient_checkpointing()
                 if variant[1] != "off":
                     checkpointing.enable(model, variant[1])
-                measure(rows, layout, model, variant, tag, a.reps)
+                measure(rows, layout, model, variant, tag, a.reps, a.forward_only)
             del model
             torch.cuda.empty_cache()
 
