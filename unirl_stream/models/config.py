@@ -65,9 +65,8 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Attention kernel of the transformers (models/attention.py): ``native`` = diffusers'
     default (SDPA's choice: cuDNN's fused kernel on an H200 with torch 2.11), ``cudnn`` =
     diffusers' cuDNN backend in every attention layer, ``cudnn_self`` = in the self-attention
-    layers only (both CUDA and
-    bf16/fp16 only; diffusers' cuDNN backend copies q, k, v contiguous first: measured slower in
-    place at Wan2.2's shapes on an H200)."""
+    layers only (both CUDA and bf16/fp16 only; diffusers' cuDNN backend copies q, k, v
+    contiguous first: measured slower in place at Wan2.2's shapes on an H200)."""
     gradient_checkpointing: bool = False
     checkpoint_saves: Literal["attention", "nothing"] = "attention"
     """With ``gradient_checkpointing``: what the backward's recomputation keeps from the forward
