@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,6 @@ def compile_model(model: Any, tag: str) -> None:
 
 def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: str, reps: int,
             forward_only: bool) -> None:
-    import time
-
     import torch
 
     attention, ckpt = variant
@@ -106,7 +105,8 @@ def measure(rows: Rows, layout: str, model: Any, variant: tuple[str, str], tag: 
         t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-        rows.add(cfg, f"block_{name}_first_call_s", time.perf_counter() - t0, "s")  # compilation
+        # a compiled build's first variant: its compilation (later variants: recompiles, if any)
+        rows.add(cfg, f"block_{name}_first_call_s", time.perf_counter() - t0, "s")
         s = timed(fn, reps)
         top = [(round(ms, 3), k[:80]) for ms, k in top_kernels(fn, 3)]
         rows.add({**cfg, "top_kernels_ms": top}, f"block_{name}_s", s, "s")
